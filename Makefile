@@ -1,0 +1,47 @@
+# Two commands for a newcomer: `make demo` and `make test`. Both set up everything they need on a
+# fresh Debian machine with Python 3.11: the venv, the pinned packages and, for the tests,
+# Debian's PostgreSQL server binaries.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# A local Dagster instance (SQLite, no server) so `make dev` shows the runs `make demo` made.
+export DAGSTER_HOME ?= $(CURDIR)/data/dagster_home
+
+.PHONY: install demo test dev postgres clean
+
+$(STAMP): setup.py constraints.txt
+	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || { \
+	  echo "Installing Debian's python3-venv"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $@
+
+install: $(STAMP)
+
+# Debian's PostgreSQL server binaries: the test session starts its own throwaway cluster.
+postgres:
+	@if command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then :; else \
+	  echo "Installing Debian's postgresql for the tests"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; fi
+
+$(DAGSTER_HOME)/dagster.yaml:
+	@mkdir -p $(DAGSTER_HOME)
+	@printf 'telemetry:\n  enabled: false\n' > $@
+
+demo: install $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/dagster asset materialize -m fashion_assets.definitions --select 'products,product_images'
+	@$(BIN)/fashion-assets summary
+
+test: install postgres
+	$(BIN)/python -m pytest
+
+dev: install $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/dagster dev -w workspace.yaml
+
+clean:
+	rm -rf data

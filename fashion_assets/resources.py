@@ -1,0 +1,218 @@
+"""Dagster resources: the catalog source folder, the catalog database and the object store.
+
+Configuration contract (README, "Configuration"): every setting comes from an environment
+variable, read through ``dg.EnvVar`` so the UI shows the variable's name, never its value.
+Unset means the embedded default: a SQLite file and a local folder under ``data/``.
+
+| variable                  | meaning                                   | default                         |
+|---------------------------|-------------------------------------------|---------------------------------|
+| FASHION_DATASET_DIR       | folder with styles.csv and images/        | examples/sample-catalog         |
+| FASHION_CATALOG_URL       | SQLAlchemy URL of the catalog database    | sqlite:///data/catalog.sqlite   |
+| FASHION_STORE_URL         | local folder, or s3://bucket/prefix       | data/store                      |
+| FASHION_S3_ENDPOINT_URL   | S3-compatible endpoint (MinIO...)         | AWS                             |
+| AWS_ACCESS_KEY_ID, ...    | S3 credentials                            | boto3's usual chain (IRSA...)   |
+"""
+
+
+import os
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import sqlalchemy as sa
+from dagster_aws.s3 import S3Resource
+from pydantic import Field, PrivateAttr
+
+from . import catalog_db
+from .storage import LocalObjectStore, ObjectStore, S3ObjectStore, StoreError, parse_s3_url
+
+DATASET_DIR_ENV = "FASHION_DATASET_DIR"
+CATALOG_URL_ENV = "FASHION_CATALOG_URL"
+STORE_URL_ENV = "FASHION_STORE_URL"
+S3_ENDPOINT_ENV = "FASHION_S3_ENDPOINT_URL"
+
+# In a source checkout (the usual case, `pip install -e .`) defaults live beside the code, so
+# `make demo`, `dagster dev` and the CLI agree wherever they are started from.
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+_IN_CHECKOUT = (PROJECT_ROOT / "setup.py").is_file()
+DATA_DIR = (PROJECT_ROOT if _IN_CHECKOUT else Path.cwd()) / "data"
+SAMPLE_CATALOG_DIR = PROJECT_ROOT / "examples" / "sample-catalog"
+DEFAULT_CATALOG_URL = f"sqlite:///{DATA_DIR / 'catalog.sqlite'}"
+DEFAULT_STORE_PATH = str(DATA_DIR / "store")
+
+
+class ConfigurationError(RuntimeError):
+    """A setting that cannot work; the message names the environment variable to fix."""
+
+
+class CatalogSource(dg.ConfigurableResource):
+    """Where the catalog comes from: a folder with ``styles.csv`` and ``images/``.
+
+    The Kaggle download's layout (``myntradataset/styles.csv``, ``images/``) works as is.
+    """
+
+    dataset_dir: str = Field(description=f"Folder with styles.csv and images/ ({DATASET_DIR_ENV}).")
+
+    def _find(self, name: str) -> Path | None:
+        root = Path(self.dataset_dir).expanduser()
+        for candidate in (root / name, root / "myntradataset" / name):
+            if candidate.exists():
+                return candidate
+        return None
+
+    def styles_csv(self) -> Path:
+        path = self._find("styles.csv")
+        if path is None or not path.is_file():
+            raise ConfigurationError(
+                f"{DATASET_DIR_ENV}={self.dataset_dir}: no styles.csv in that folder "
+                "(nor in its myntradataset/ subfolder)"
+            )
+        return path
+
+    def images_dir(self) -> Path:
+        path = self._find("images")
+        if path is None or not path.is_dir():
+            raise ConfigurationError(
+                f"{DATASET_DIR_ENV}={self.dataset_dir}: no images/ folder in that folder "
+                "(nor in its myntradataset/ subfolder)"
+            )
+        return path
+
+
+class CatalogDatabase(dg.ConfigurableResource):
+    """The catalog's SQL database: SQLite by default, PostgreSQL in production.
+
+    Tables are created on first use; a database that cannot be reached fails the step at once,
+    with the URL shown password-masked.
+    """
+
+    url: str = Field(description=f"SQLAlchemy URL ({CATALOG_URL_ENV}); postgresql+psycopg2://... in production.")
+    _engine: sa.Engine | None = PrivateAttr(default=None)
+
+    @property
+    def display_url(self) -> str:
+        return catalog_db.masked(self.url)
+
+    @property
+    def engine(self) -> sa.Engine:
+        if self._engine is None:
+            try:
+                engine = catalog_db.create_engine(self.url)
+            except Exception as exc:  # bad scheme, missing driver...
+                raise ConfigurationError(f"{CATALOG_URL_ENV}={self.display_url}: {exc}") from None
+            try:
+                catalog_db.ensure_schema(engine)
+            except sa.exc.SQLAlchemyError as exc:
+                engine.dispose()
+                reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+                raise ConfigurationError(f"{CATALOG_URL_ENV}={self.display_url}: cannot use the database: {reason}") from None
+            self._engine = engine
+        return self._engine
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        self.engine  # noqa: B018 - connect now, so a wrong URL fails before any work
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+
+
+class ObjectStoreResource(dg.ConfigurableResource):
+    """Base of the two object stores; assets ask for ``store: ObjectStoreResource``."""
+
+    max_concurrency: int = Field(default=16, description="Parallel transfers (threads) for bulk copies.")
+
+    def get_store(self) -> ObjectStore:
+        raise NotImplementedError
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        try:
+            self.get_store().check()
+        except StoreError as exc:
+            raise ConfigurationError(f"{STORE_URL_ENV}={self.get_store().url}: {exc}") from None
+
+
+class LocalStoreResource(ObjectStoreResource):
+    """A local folder as the object store (the embedded default)."""
+
+    path: str = Field(description=f"Folder that holds the objects ({STORE_URL_ENV}).")
+    max_concurrency: int = Field(default=8, description="Parallel reads/writes (threads).")
+
+    def get_store(self) -> ObjectStore:
+        return LocalObjectStore(self.path.removeprefix("file://"))
+
+
+class S3StoreResource(S3Resource, ObjectStoreResource):
+    """A bucket and prefix on S3 or any S3-compatible store.
+
+    Extends dagster-aws's ``S3Resource``, so all of its settings apply (``endpoint_url``,
+    ``region_name``, ``profile_name``, credentials, ``max_attempts``); adds the store URL and a
+    connection pool as large as the thread pool that shares the client.
+    """
+
+    url: str = Field(description=f"s3://bucket/prefix ({STORE_URL_ENV}).")
+    max_concurrency: int = Field(default=32, description="Parallel S3 requests (threads and pooled connections).")
+    _client: Any = PrivateAttr(default=None)
+
+    def get_client(self) -> Any:
+        if self._client is None:
+            import boto3
+            from botocore import UNSIGNED
+            from botocore.config import Config
+
+            config = Config(
+                max_pool_connections=self.max_concurrency,
+                retries={"max_attempts": self.max_attempts, "mode": "standard"},
+                connect_timeout=10,
+                signature_version=UNSIGNED if self.use_unsigned_session else None,
+            )
+            session = boto3.session.Session(profile_name=self.profile_name)
+            self._client = session.client(
+                "s3",
+                region_name=self.region_name,
+                endpoint_url=self.endpoint_url,
+                use_ssl=self.use_ssl,
+                verify=self.verify,
+                aws_access_key_id=self.aws_access_key_id,
+                aws_secret_access_key=self.aws_secret_access_key,
+                aws_session_token=self.aws_session_token,
+                config=config,
+            )
+        return self._client
+
+    def get_store(self) -> ObjectStore:
+        try:
+            bucket, prefix = parse_s3_url(self.url)
+        except ValueError as exc:
+            raise ConfigurationError(f"{STORE_URL_ENV}: {exc}") from None
+        return S3ObjectStore(self.get_client(), bucket, prefix)
+
+
+def _env_or(name: str, default: Any) -> Any:
+    """``dg.EnvVar(name)`` when the variable is set, else the documented default."""
+    return dg.EnvVar(name) if os.environ.get(name) else default
+
+
+def store_from_env() -> ObjectStoreResource:
+    url = os.environ.get(STORE_URL_ENV, "")
+    if url.startswith("s3://"):
+        return S3StoreResource(
+            url=dg.EnvVar(STORE_URL_ENV),
+            endpoint_url=_env_or(S3_ENDPOINT_ENV, None),
+            region_name=_env_or("AWS_REGION", None),
+            aws_access_key_id=_env_or("AWS_ACCESS_KEY_ID", None),
+            aws_secret_access_key=_env_or("AWS_SECRET_ACCESS_KEY", None),
+            aws_session_token=_env_or("AWS_SESSION_TOKEN", None),
+        )
+    if "://" in url and not url.startswith("file://"):
+        raise ConfigurationError(f"{STORE_URL_ENV}={url}: expected a local folder or s3://bucket/prefix")
+    return LocalStoreResource(path=_env_or(STORE_URL_ENV, DEFAULT_STORE_PATH))
+
+
+def resources_from_env() -> dict[str, Any]:
+    """The resources every asset uses, as the environment configures them."""
+    return {
+        "catalog_source": CatalogSource(dataset_dir=_env_or(DATASET_DIR_ENV, str(SAMPLE_CATALOG_DIR))),
+        "catalog_db": CatalogDatabase(url=_env_or(CATALOG_URL_ENV, DEFAULT_CATALOG_URL)),
+        "store": store_from_env(),
+    }

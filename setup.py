@@ -1,0 +1,29 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="fashion-assets",
+    version="0.1.0",
+    description="A fashion catalog as Dagster assets: SQL-selected image sets in S3, augmentation, "
+    "a Keras classifier and prediction tables.",
+    packages=find_packages(exclude=["fashion_assets_tests", "fashion_assets_tests.*"]),
+    python_requires=">=3.11,<3.14",
+    install_requires=[
+        "dagster>=1.13,<1.14",
+        "dagster-webserver>=1.13,<1.14",
+        "dagster-aws>=0.29,<0.30",
+        "dagster-postgres>=0.29,<0.30",
+        "boto3>=1.35,<2",
+        "SQLAlchemy>=2.0,<2.2",
+        "psycopg2-binary>=2.9,<3",
+        "pandas>=2.2,<4",
+        "pyarrow>=16",
+        "pillow>=11,<14",
+    ],
+    extras_require={
+        "dev": [
+            "pytest>=8,<10",
+            "moto[server]>=5.1,<6",
+        ],
+    },
+    entry_points={"console_scripts": ["fashion-assets=fashion_assets.cli:main"]},
+)
