@@ -74,25 +74,38 @@ def _clean(value: str) -> str | None:
     return value or None
 
 
+def _decoded_lines(raw: io.BufferedReader, bad_lines: set[int]) -> Iterator[str]:
+    """Decode line by line, so one bad byte costs one row (reported with its line number)
+    instead of the whole file. CRLF stays in the line for csv to handle."""
+    for number, line in enumerate(raw, start=1):
+        if number == 1:
+            line = line.removeprefix(b"\xef\xbb\xbf")  # UTF-8 BOM, as Excel writes it
+        try:
+            yield line.decode("utf-8")
+        except UnicodeDecodeError:
+            bad_lines.add(number)
+            yield line.decode("utf-8", errors="replace")
+
+
 def parse_styles(path: str | Path, stats: ParseStats | None = None) -> Iterator[dict]:
     """Yield one dict per good row, keyed by the ``products`` table's column names.
 
     Rejected rows, notes and counts accumulate in ``stats`` as the iterator is consumed.
     Handles a UTF-8 BOM, CRLF or LF line ends, blank lines, quoted fields, empty fields (NULL),
-    duplicate ids (the first one wins) and years that are not years (kept, year NULL).
+    lines that are not UTF-8 (rejected), duplicate ids (the first one wins) and years that are
+    not years (kept, year NULL).
     """
     stats = stats if stats is not None else ParseStats()
     path = Path(path)
+    bad_lines: set[int] = set()
     with open(path, "rb") as raw:
-        # utf-8-sig drops a BOM; newline="" lets csv handle CRLF and newlines inside quotes.
-        text = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="strict", newline="")
-        reader = csv.reader(text)
+        reader = csv.reader(_decoded_lines(raw, bad_lines))
         try:
             header = next(reader)
         except StopIteration:
             raise CatalogFormatError(f"{path}: the file is empty; expected a header row") from None
-        except UnicodeDecodeError as exc:
-            raise CatalogFormatError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        if bad_lines:
+            raise CatalogFormatError(f"{path}: the header is not UTF-8 text")
         header = [h.strip() for h in header]
         missing = [c for c in COLUMNS if c not in header]
         if missing:
@@ -110,10 +123,6 @@ def parse_styles(path: str | Path, stats: ParseStats | None = None) -> Iterator[
                 fields = next(reader)
             except StopIteration:
                 break
-            except UnicodeDecodeError as exc:
-                raise CatalogFormatError(
-                    f"{path}: not UTF-8 text at line {start} ({exc.reason} at byte {exc.start})"
-                ) from None
             except csv.Error as exc:
                 stats.rejected.append(RejectedRow(start, f"unreadable CSV: {exc}", ""))
                 continue
@@ -121,6 +130,9 @@ def parse_styles(path: str | Path, stats: ParseStats | None = None) -> Iterator[
                 stats.blank_lines += 1
                 continue
             raw_record = ",".join(fields)
+            if bad_lines and any(n in bad_lines for n in range(start, reader.line_num + 1)):
+                stats.rejected.append(RejectedRow(start, "not UTF-8 text", raw_record))
+                continue
             if len(fields) > width:
                 if not name_last:
                     stats.rejected.append(
@@ -134,7 +146,7 @@ def parse_styles(path: str | Path, stats: ParseStats | None = None) -> Iterator[
                 continue
 
             raw_id = fields[index["id"]].strip()
-            if not raw_id.isdigit() or int(raw_id) == 0:
+            if not raw_id.isdigit() or not 0 < int(raw_id) < 2**63:
                 stats.rejected.append(RejectedRow(start, f"id {raw_id!r} is not a positive integer", raw_record))
                 continue
             product_id = int(raw_id)
