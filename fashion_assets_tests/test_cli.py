@@ -1,0 +1,59 @@
+"""The Dagster CLI and our own CLI as real processes, configured only through the environment."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from .catalog_files import make_dataset
+
+BIN = Path(sys.executable).parent
+FASHION_VARS = ("FASHION_DATASET_DIR", "FASHION_CATALOG_URL", "FASHION_STORE_URL", "FASHION_S3_ENDPOINT_URL")
+
+
+def run(args, env_extra, tmp_path, check=True):
+    env = {k: v for k, v in os.environ.items() if k not in FASHION_VARS}
+    env["DAGSTER_HOME"] = str(tmp_path / "dagster_home")
+    Path(env["DAGSTER_HOME"]).mkdir(exist_ok=True)
+    env.update(env_extra)
+    result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{args} exited {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def test_definitions_validate(tmp_path):
+    result = run([BIN / "dagster", "definitions", "validate", "-m", "fashion_assets.definitions"], {}, tmp_path)
+    assert "Validation successful" in result.stdout + result.stderr
+
+
+def test_materialize_and_summary_from_the_environment(backend, tmp_path):
+    env = backend.env(make_dataset(tmp_path / "dataset"))
+    run([BIN / "dagster", "asset", "materialize", "-m", "fashion_assets.definitions", "--select", "products"], env, tmp_path)
+    run([BIN / "dagster", "asset", "materialize", "-m", "fashion_assets.definitions", "--select", "product_images"],
+        env, tmp_path)
+    summary = run([BIN / "fashion-assets", "summary"], env, tmp_path).stdout
+    assert "12 rows" in summary and "3 rejected" in summary and "10 images" in summary
+    assert backend.store().exists("catalog/images/1.jpg")
+    for secret in backend.secrets:
+        assert secret not in summary
+
+
+def test_embedded_default_needs_no_configuration(tmp_path):
+    """With no FASHION_* variable, `products` loads the repo's sample into SQLite under data/."""
+    result = run([BIN / "dagster", "asset", "materialize", "-m", "fashion_assets.definitions", "--select", "products"],
+                 {}, tmp_path)
+    assert "RUN_SUCCESS" in result.stdout + result.stderr
+    summary = run([BIN / "fashion-assets", "summary"], {}, tmp_path).stdout
+    assert "examples/sample-catalog/styles.csv" in summary and "sqlite:///" in summary
+
+
+def test_a_store_url_with_an_unknown_scheme_names_the_variable(tmp_path):
+    result = run([BIN / "dagster", "definitions", "validate", "-m", "fashion_assets.definitions"],
+                 {"FASHION_STORE_URL": "gs://bucket/x"}, tmp_path, check=False)
+    assert result.returncode != 0 and "FASHION_STORE_URL=gs://bucket/x" in result.stdout + result.stderr
+
+
+def test_summary_without_a_catalog_says_what_to_do(tmp_path):
+    result = run([BIN / "fashion-assets", "summary"], {}, tmp_path, check=False)
+    assert result.returncode == 1 and "make demo" in result.stderr
