@@ -1,12 +1,101 @@
 """``fashion-assets``: the command line beside the Dagster UI.
 
-    fashion-assets summary     what the last materialisations produced, and where it lives
+    fashion-assets query add NAME (--sql TEXT | --file PATH)   validate, register, add the partition
+    fashion-assets query list | show NAME | remove NAME [--purge]
+    fashion-assets summary                                      what the last materialisations produced
+
+Configured by the same environment variables as the code location (README, "Configuration");
+the partition goes to the Dagster instance in DAGSTER_HOME.
 """
 
 import argparse
+import contextlib
+import os
 import sys
+from pathlib import Path
 
 import dagster as dg
+
+from .assets.image_sets import image_queries
+from .image_export import manifest_key, purge_image_set
+from .queries import QueryNotFound, QueryRegistry, check_name
+from .resources import ConfigurationError, resources_from_env
+from .sql_sandbox import SqlRejected, SqlSandbox, SqlTimeout
+
+
+class CliError(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def _resources():
+    """The code location's resources, resolved from the environment and set up (fail fast)."""
+    try:
+        with dg.build_resources(resources_from_env()) as resources:
+            yield resources
+    except ConfigurationError as exc:
+        raise CliError(str(exc)) from None
+    except dg.DagsterError as exc:  # setup errors arrive wrapped; show our message, not the chain
+        cause = exc.__cause__ or exc
+        raise CliError(str(cause)) from None
+
+
+@contextlib.contextmanager
+def _instance():
+    if not os.environ.get("DAGSTER_HOME"):
+        raise CliError("DAGSTER_HOME is not set: run through `make`, or set it to your Dagster instance's folder")
+    with dg.DagsterInstance.get() as instance:
+        yield instance
+
+
+def cmd_query_add(args: argparse.Namespace) -> int:
+    name = check_name(args.name)
+    sql = Path(args.file).read_text(encoding="utf-8") if args.file else args.sql
+    with _resources() as resources:
+        sandbox = SqlSandbox(resources.catalog_db.engine, timeout_s=args.timeout)
+        columns = sandbox.columns(sql)  # parses, then lets the database check names and types
+        QueryRegistry(resources.store.get_store()).put(name, sql)
+    with _instance() as instance:
+        if not instance.has_dynamic_partition(image_queries.name, name):
+            instance.add_dynamic_partitions(image_queries.name, [name])
+    print(f"Query {name!r} registered (columns: {', '.join(columns)}).")
+    print(f"Materialise it: dagster asset materialize -m fashion_assets.definitions --select image_set --partition {name}")
+    return 0
+
+
+def cmd_query_list(args: argparse.Namespace) -> int:
+    with _resources() as resources, _instance() as instance:
+        registry = QueryRegistry(resources.store.get_store())
+        names = registry.checksums()
+        partitions = set(instance.get_dynamic_partitions(image_queries.name))
+        for name in sorted(set(names) | partitions):
+            first_line = registry.get(name).strip().splitlines()[0] if name in names else "(no queries/ file)"
+            state = "partition" if name in partitions else "no partition yet"
+            print(f"{name:32} {state:16} {first_line[:80]}")
+    return 0
+
+
+def cmd_query_show(args: argparse.Namespace) -> int:
+    with _resources() as resources:
+        store = resources.store.get_store()
+        print(QueryRegistry(store).get(check_name(args.name)).rstrip())
+        if store.exists(manifest_key(args.name)):
+            print(f"\n-- manifest: {store.uri(manifest_key(args.name))}")
+    return 0
+
+
+def cmd_query_remove(args: argparse.Namespace) -> int:
+    name = check_name(args.name)
+    with _resources() as resources:
+        store = resources.store.get_store()
+        QueryRegistry(store).remove(name)
+        purged = purge_image_set(store, name) if args.purge else 0
+    with _instance() as instance:
+        if instance.has_dynamic_partition(image_queries.name, name):
+            instance.delete_dynamic_partition(image_queries.name, name)
+    print(f"Query {name!r} removed" + (f"; {purged:,} objects under image-sets/{name}/ deleted." if args.purge
+                                        else f"; its data under image-sets/{name}/ is kept (--purge deletes it)."))
+    return 0
 
 CATALOG_ASSETS = ("products", "product_images")
 
@@ -46,12 +135,36 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     summary = commands.add_parser("summary", help="what the last materialisations produced")
     summary.set_defaults(func=cmd_summary)
+
+    query = commands.add_parser("query", help="the image queries (queries/<name>.sql in the store)")
+    query_commands = query.add_subparsers(dest="query_command", required=True)
+    add = query_commands.add_parser("add", help="validate a query, store it and add its partition")
+    add.add_argument("name", help="a slug: lower-case letters, digits and '-'")
+    source = add.add_mutually_exclusive_group(required=True)
+    source.add_argument("--sql", help="the SELECT statement")
+    source.add_argument("--file", help="a file holding the SELECT statement")
+    add.add_argument("--timeout", type=float, default=30.0, help="seconds the check may take (default 30)")
+    add.set_defaults(func=cmd_query_add)
+    query_commands.add_parser("list", help="every query and whether it has a partition").set_defaults(
+        func=cmd_query_list
+    )
+    show = query_commands.add_parser("show", help="a query's SQL")
+    show.add_argument("name")
+    show.set_defaults(func=cmd_query_show)
+    remove = query_commands.add_parser("remove", help="remove a query and its partition")
+    remove.add_argument("name")
+    remove.add_argument("--purge", action="store_true", help="also delete image-sets/<name>/ from the store")
+    remove.set_defaults(func=cmd_query_remove)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (CliError, SqlRejected, SqlTimeout, ValueError, QueryNotFound) as exc:
+        print(f"fashion-assets: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -2,10 +2,13 @@
 
 import dagster as dg
 
-from .assets import catalog
+from .assets import catalog, image_sets
 from .resources import resources_from_env
+from .sensors import image_query_sensor
 
 defs = dg.Definitions(
-    assets=dg.load_assets_from_modules([catalog]),
+    assets=dg.load_assets_from_modules([catalog, image_sets]),
+    asset_checks=dg.load_asset_checks_from_modules([image_sets]),
+    sensors=[image_query_sensor],
     resources=resources_from_env(),
 )

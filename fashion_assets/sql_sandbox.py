@@ -1,0 +1,206 @@
+"""Run a user's SELECT against the catalog, and nothing else. Plain module: no Dagster.
+
+Two layers, so one mistake in either is not enough to change the catalog:
+
+1. The statement is parsed (sqlglot, in the database's dialect) and must be exactly one
+   read-only query: SELECT, or WITH ... SELECT, or a UNION of them, with no data-modifying CTE,
+   no SELECT INTO, no row locks, and no function that reaches the server's files or processes.
+   DDL, DML, ATTACH, PRAGMA, VACUUM INTO, COPY and anything that does not parse are refused.
+2. The database enforces read-only execution itself: PostgreSQL runs it in a READ ONLY
+   transaction with ``statement_timeout``; SQLite opens the file with ``mode=ro`` and an
+   authorizer that allows reading only, with a progress handler as the timeout.
+
+Rows are streamed in chunks (a server-side cursor on PostgreSQL), so a query selecting millions
+of ids never holds them all in memory. In production, also give the pipeline's catalog user only
+SELECT rights: a third layer that costs nothing.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+import sqlglot
+from sqlglot import exp
+
+DEFAULT_TIMEOUT_S = 60.0
+DEFAULT_CHUNK_ROWS = 10_000
+
+# Functions that read or write the server's files, run other SQL, reach other servers, or change
+# server state. Matched on the lower-cased name; prefixes end in "_".
+_DENIED_FUNCTION_PREFIXES = ("pg_", "lo_", "dblink", "current_setting", "set_config")
+_DENIED_FUNCTIONS = {
+    "load_extension", "readfile", "writefile", "edit", "fts3_tokenizer", "sqlite_compileoption_get",
+    "query_to_xml", "query_to_xmlschema", "query_to_xml_and_xmlschema", "cursor_to_xml", "table_to_xml",
+    "database_to_xml", "schema_to_xml", "txid_current", "nextval", "setval", "version",
+}
+# Anything here, anywhere in the tree, means the statement is not a plain read.
+_DENIED_NODES = (exp.DDL, exp.DML, exp.Command, exp.Into, exp.Lock, exp.Pragma, exp.Set, exp.Transaction,
+                 exp.Commit, exp.Rollback, exp.Copy, exp.Attach, exp.Detach, exp.Use)
+_DIALECTS = {"postgresql": "postgres", "sqlite": "sqlite"}
+
+
+class SqlRejected(ValueError):
+    """The statement is not a single read-only query returning ``id``; the message says why."""
+
+
+class SqlTimeout(RuntimeError):
+    """The query ran longer than the sandbox allows and was stopped."""
+
+
+def dialect_of(engine_or_url: sa.Engine | str) -> str:
+    backend = (engine_or_url.dialect.name if isinstance(engine_or_url, sa.Engine)
+               else sa.make_url(engine_or_url).get_backend_name())
+    return _DIALECTS.get(backend, backend)
+
+
+def _function_name(node: exp.Func) -> str:
+    return (node.name if isinstance(node, exp.Anonymous) else node.sql_name()).lower()
+
+
+def validate_sql(sql: str, dialect: str = "sqlite") -> str:
+    """Return the statement without a trailing ``;`` if it is one read-only query, else raise."""
+    text = sql.strip().rstrip(";").strip()
+    if not text:
+        raise SqlRejected("the query is empty")
+    try:
+        statements = [s for s in sqlglot.parse(text, read=dialect) if s is not None]
+    except sqlglot.errors.ParseError as exc:
+        first = exc.errors[0] if exc.errors else {}
+        where = f" at line {first.get('line')}, column {first.get('col')}" if first.get("line") else ""
+        raise SqlRejected(f"the query does not parse{where}: {first.get('description', exc)}") from None
+    if len(statements) != 1:
+        raise SqlRejected(f"expected exactly one statement, found {len(statements)}")
+    [tree] = statements
+    if not isinstance(tree, exp.Query):
+        raise SqlRejected(f"only SELECT (or WITH ... SELECT) is allowed, not {tree.key.upper()}")
+    for node in tree.walk():
+        if isinstance(node, _DENIED_NODES):
+            what = {"into": "SELECT INTO", "lock": "FOR UPDATE/SHARE"}.get(node.key, node.key.upper())
+            raise SqlRejected(f"only reading is allowed: the query contains {what}")
+        if isinstance(node, exp.Func):
+            name = _function_name(node)
+            if name in _DENIED_FUNCTIONS or name.startswith(_DENIED_FUNCTION_PREFIXES):
+                raise SqlRejected(f"function {name}() is not allowed in image queries")
+    return text
+
+
+@dataclass
+class QueryStats:
+    rows: int = 0
+    chunks: int = 0
+    max_chunk: int = 0
+    seconds: float = 0.0
+
+
+class SqlSandbox:
+    """Runs validated queries read-only against ``engine``'s database."""
+
+    def __init__(self, engine: sa.Engine, timeout_s: float = DEFAULT_TIMEOUT_S, chunk_rows: int = DEFAULT_CHUNK_ROWS):
+        self.engine = engine
+        self.timeout_s = timeout_s
+        self.chunk_rows = chunk_rows
+        self.dialect = dialect_of(engine)
+        if self.dialect not in ("postgres", "sqlite"):
+            raise SqlRejected(f"image queries run on PostgreSQL or SQLite, not {engine.dialect.name}")
+
+    def validate(self, sql: str) -> str:
+        return validate_sql(sql, self.dialect)
+
+    def columns(self, sql: str) -> list[str]:
+        """The query's column names, checked by the database without reading rows; must include ``id``."""
+        text = self.validate(sql)
+        with self._cursor(f"SELECT * FROM ({text}) AS image_query LIMIT 0") as (columns, _fetch):
+            return columns
+
+    def stream(self, sql: str, stats: QueryStats | None = None) -> Iterator[tuple[list[str], list[tuple]]]:
+        """Yield ``(columns, rows)`` chunks of at most ``chunk_rows`` rows."""
+        text = self.validate(sql)
+        stats = stats if stats is not None else QueryStats()
+        started = time.monotonic()
+        with self._cursor(text) as (columns, fetch):
+            while rows := fetch(self.chunk_rows):
+                stats.rows += len(rows)
+                stats.chunks += 1
+                stats.max_chunk = max(stats.max_chunk, len(rows))
+                yield columns, rows
+        stats.seconds = time.monotonic() - started
+
+    @contextmanager
+    def _cursor(self, statement: str) -> Iterator[tuple[list[str], Callable[[int], list[tuple]]]]:
+        """Open ``statement`` read-only; yield its columns and a fetch-n-rows function."""
+        opened = self._postgres_cursor if self.dialect == "postgres" else self._sqlite_cursor
+        with opened(statement) as (columns, fetch):
+            if "id" not in columns:
+                raise SqlRejected(
+                    f"the query must return a column named id; it returns {', '.join(columns) or 'nothing'}"
+                )
+            yield columns, fetch
+
+    @contextmanager
+    def _postgres_cursor(self, statement: str):
+        from sqlalchemy.exc import DBAPIError
+
+        timeout_ms = max(1, int(self.timeout_s * 1000))
+        try:
+            with self.engine.connect().execution_options(postgresql_readonly=True) as conn, conn.begin():
+                conn.execute(sa.text(f"SET LOCAL statement_timeout = {timeout_ms}"))
+                # stream_results: a named (server-side) cursor, fetched chunk by chunk.
+                result = conn.execution_options(stream_results=True, max_row_buffer=self.chunk_rows).execute(
+                    sa.text(statement)
+                )
+                yield list(result.keys()), lambda n: [tuple(r) for r in result.fetchmany(n)]
+        except DBAPIError as exc:
+            code = getattr(exc.orig, "pgcode", None)
+            if code == "57014":  # query_canceled: statement_timeout fired
+                raise SqlTimeout(f"the query ran longer than {self.timeout_s:g}s and was stopped") from None
+            if code == "25006":  # read_only_sql_transaction
+                raise SqlRejected("only reading is allowed: the database refused a write") from None
+            message = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+            raise SqlRejected(f"the database rejected the query: {message}") from None
+
+    @contextmanager
+    def _sqlite_cursor(self, statement: str):
+        path = self.engine.url.database
+        if not path or path == ":memory:":
+            raise SqlRejected("image queries need a file-backed SQLite catalog")
+        # A separate connection that SQLite itself opens read-only, not read-only by convention.
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+        deadline = time.monotonic() + self.timeout_s
+        timed_out = False
+
+        def over_time() -> int:
+            nonlocal timed_out
+            timed_out = time.monotonic() > deadline
+            return 1 if timed_out else 0
+
+        conn.set_authorizer(_sqlite_authorizer)
+        conn.set_progress_handler(over_time, 10_000)
+        try:
+            cursor = conn.execute(statement)
+            yield [d[0] for d in cursor.description or []], cursor.fetchmany
+        except sqlite3.DatabaseError as exc:
+            if timed_out:
+                raise SqlTimeout(f"the query ran longer than {self.timeout_s:g}s and was stopped") from None
+            if "not authorized" in str(exc) or "readonly" in str(exc):
+                raise SqlRejected(f"only reading is allowed: the database refused it ({exc})") from None
+            raise SqlRejected(f"the database rejected the query: {exc}") from None
+        finally:
+            conn.close()
+
+
+_SQLITE_ALLOWED = {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_RECURSIVE}
+
+
+def _sqlite_authorizer(action: int, arg1: str | None, arg2: str | None, db: str | None, source: str | None) -> int:
+    if action in _SQLITE_ALLOWED:
+        return sqlite3.SQLITE_OK
+    if action == sqlite3.SQLITE_FUNCTION:
+        name = (arg2 or "").lower()
+        return sqlite3.SQLITE_DENY if name in _DENIED_FUNCTIONS else sqlite3.SQLITE_OK
+    return sqlite3.SQLITE_DENY
+
