@@ -57,3 +57,34 @@ def test_a_store_url_with_an_unknown_scheme_names_the_variable(tmp_path):
 def test_summary_without_a_catalog_says_what_to_do(tmp_path):
     result = run([BIN / "fashion-assets", "summary"], {}, tmp_path, check=False)
     assert result.returncode == 1 and "make demo" in result.stderr
+
+
+def test_query_commands_and_partition_materialisation(backend, tmp_path):
+    env = backend.env(make_dataset(tmp_path / "dataset"))
+    dagster = [BIN / "dagster", "asset", "materialize", "-m", "fashion_assets.definitions"]
+    cli = BIN / "fashion-assets"
+    run([*dagster, "--select", "products,product_images"], env, tmp_path)
+
+    refused = run([cli, "query", "add", "evil", "--sql", "WITH d AS (DELETE FROM products RETURNING id) SELECT id FROM d"],
+                  env, tmp_path, check=False)
+    assert refused.returncode == 2 and "only reading is allowed" in refused.stderr
+    assert run([cli, "query", "add", "Bad_Name", "--sql", "SELECT id FROM products"], env, tmp_path,
+               check=False).stderr.count("must be a slug") == 1
+
+    sql_file = tmp_path / "jeans.sql"
+    sql_file.write_text("SELECT id, base_colour FROM products WHERE article_type = 'Jeans'\n")
+    added = run([cli, "query", "add", "jeans", "--file", sql_file], env, tmp_path).stdout
+    assert "columns: id, base_colour" in added and "--partition jeans" in added
+    assert "jeans" in run([cli, "query", "list"], env, tmp_path).stdout
+    assert "article_type = 'Jeans'" in run([cli, "query", "show", "jeans"], env, tmp_path).stdout
+
+    run([*dagster, "--select", "image_set", "--partition", "jeans"], env, tmp_path)
+    store = backend.store()
+    assert [o.key for o in store.list("image-sets/jeans/images/")] == [
+        "image-sets/jeans/images/1.jpg", "image-sets/jeans/images/5.jpg", "image-sets/jeans/images/9.jpg"]
+    assert store.exists("image-sets/jeans/manifest.parquet")
+
+    removed = run([cli, "query", "remove", "jeans", "--purge"], env, tmp_path).stdout
+    assert "4 objects under image-sets/jeans/ deleted" in removed  # 3 images and the manifest
+    assert list(store.list("image-sets/jeans/")) == [] and not store.exists("queries/jeans.sql")
+    assert "jeans" not in run([cli, "query", "list"], env, tmp_path).stdout
