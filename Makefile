@@ -2,6 +2,7 @@
 # fresh Debian machine with Python 3.11: the venv, the pinned packages and, for the tests,
 # Debian's PostgreSQL server binaries.
 SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
@@ -33,8 +34,14 @@ $(DAGSTER_HOME)/dagster.yaml:
 	@mkdir -p $(DAGSTER_HOME)
 	@printf 'telemetry:\n  enabled: false\n' > $@
 
+MATERIALIZE := $(BIN)/dagster asset materialize -m fashion_assets.definitions
+QUIET := grep --line-buffered -v -e ' - DEBUG - ' -e 'SupersessionWarning' -e 'return callback'
+
 demo: install $(DAGSTER_HOME)/dagster.yaml
-	$(BIN)/dagster asset materialize -m fashion_assets.definitions --select 'products,product_images'
+	$(MATERIALIZE) --select 'products,product_images' 2>&1 | $(QUIET)
+	@for q in examples/queries/*.sql; do $(BIN)/fashion-assets query add $$(basename $$q .sql) --file $$q || exit 1; done
+	@for q in examples/queries/*.sql; do \
+	  $(MATERIALIZE) --select image_set --partition $$(basename $$q .sql) 2>&1 | $(QUIET) || exit 1; done
 	@$(BIN)/fashion-assets summary
 
 test: install postgres

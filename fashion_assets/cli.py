@@ -100,17 +100,25 @@ def cmd_query_remove(args: argparse.Namespace) -> int:
 CATALOG_ASSETS = ("products", "product_images")
 
 
-def _latest_metadata(instance: dg.DagsterInstance, key: str) -> dict:
-    event = instance.get_latest_materialization_event(dg.AssetKey(key))
-    if event is None or event.asset_materialization is None:
+def _latest_metadata(instance: dg.DagsterInstance, key: str, partition: str | None = None) -> dict:
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(key), asset_partitions=[partition] if partition else None),
+        limit=1,
+    ).records
+    if not records or records[0].asset_materialization is None:
         return {}
-    return {k: v.value for k, v in event.asset_materialization.metadata.items()}
+    return {k: v.value for k, v in records[0].asset_materialization.metadata.items()}
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
     with dg.DagsterInstance.get() as instance:
         products = _latest_metadata(instance, "products")
         images = _latest_metadata(instance, "product_images")
+        image_sets = {
+            name: meta
+            for name in sorted(instance.get_dynamic_partitions(image_queries.name))
+            if (meta := _latest_metadata(instance, "image_set", name))
+        }
     if not products:
         print("No catalog yet: run `make demo` (or materialise `products` in the UI).", file=sys.stderr)
         return 1
@@ -125,6 +133,11 @@ def cmd_summary(args: argparse.Namespace) -> int:
     if images:
         print(f"  object store    {images['store']}")
     print(f"  rejected rows   {products['rejected_report']}")
+    if image_sets:
+        print("Image sets (image_set partitions)")
+        for name, meta in image_sets.items():
+            print(f"  {name:28} {meta['dagster/row_count']:>6,} images ({meta['missing']:,} selected without image)"
+                  f"   {meta['manifest']}")
     print()
     print("Open the UI:  make dev   (dagster dev, then http://127.0.0.1:3000)")
     return 0

@@ -180,6 +180,11 @@ class S3StoreResource(S3Resource, ObjectStoreResource):
             )
         return self._client
 
+    def get_object_to_set_on_execution_context(self) -> Any:
+        # S3Resource hands out its boto3 client in `context.resources` and `build_resources`;
+        # this resource is used as a store, so hand out the resource itself, like the local one.
+        return self
+
     def get_store(self) -> ObjectStore:
         try:
             bucket, prefix = parse_s3_url(self.url)
