@@ -18,11 +18,16 @@ setup(
         "pandas>=2.2,<4",
         "pyarrow>=16",
         "pillow>=11,<14",
+        "sqlglot>=27,<31",
+        "dagster-k8s>=0.29,<0.30",
     ],
     extras_require={
         "dev": [
             "pytest>=8,<10",
             "moto[server]>=5.1,<6",
+            "kubernetes-validate>=1.30",
+            "jsonschema>=4.20",
+            "PyYAML>=6",
         ],
     },
     entry_points={"console_scripts": ["fashion-assets=fashion_assets.cli:main"]},

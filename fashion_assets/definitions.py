@@ -3,6 +3,7 @@
 import dagster as dg
 
 from .assets import catalog, image_sets
+from .k8s import executor_from_env
 from .resources import resources_from_env
 from .sensors import image_query_sensor
 
@@ -11,4 +12,5 @@ defs = dg.Definitions(
     asset_checks=dg.load_asset_checks_from_modules([image_sets]),
     sensors=[image_query_sensor],
     resources=resources_from_env(),
+    executor=executor_from_env(),
 )
