@@ -43,6 +43,27 @@ product_images = sa.Table(
     sa.Column("md5", sa.String(32), nullable=False),
 )
 
+predictions = sa.Table(
+    "predictions",
+    metadata,
+    sa.Column("image_set", sa.Text, nullable=False),
+    sa.Column("source", sa.Text, nullable=False),  # original | augmented
+    sa.Column("id", sa.BigInteger, nullable=False),
+    sa.Column("variant", sa.Integer, nullable=False),  # 0 for an original image, k for <id>_<k>.jpg
+    sa.Column("model_version", sa.Text, nullable=False),
+    *[
+        column
+        for head in ("master_category", "sub_category", "article_type")
+        for column in (
+            sa.Column(f"{head}_label", sa.Text, nullable=False),
+            sa.Column(f"{head}_confidence", sa.Float, nullable=False),
+            sa.Column(f"{head}_top5", sa.Text, nullable=False),  # JSON [[label, probability], ...]
+        )
+    ],
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_predictions_image_set", "image_set"),
+)
+
 INSERT_CHUNK = 5_000
 
 

@@ -9,6 +9,7 @@ follow the usual NVIDIA device-plugin conventions and can be changed without edi
 | FASHION_GPU_NODE_SELECTOR     | (none)  e.g. ``nvidia.com/gpu.present=true`` |
 | FASHION_GPU_TOLERATION_KEY    | ``nvidia.com/gpu``                       |
 | FASHION_GPU_CPU / _MEMORY     | ``4`` / ``16Gi`` (requests for the step's container) |
+| FASHION_GPU_COUNT             | ``1``; ``0`` runs the model steps on CPU nodes |
 | FASHION_EXECUTOR              | ``multiprocess``; ``k8s`` in the cluster |
 | FASHION_K8S_MAX_CONCURRENT    | ``16``: step pods per run at once        |
 
@@ -36,7 +37,9 @@ def gpu_k8s_config() -> dict:
     }
     selector = os.environ.get("FASHION_GPU_NODE_SELECTOR", "")
     if selector:
-        key, _, value = selector.partition("=")
+        key, eq, value = selector.partition("=")
+        if not (key.strip() and eq):
+            raise ValueError(f"FASHION_GPU_NODE_SELECTOR={selector}: expected label=value")
         pod_spec["node_selector"] = {key.strip(): value.strip()}
     return {
         "container_config": {
@@ -51,7 +54,12 @@ def gpu_k8s_config() -> dict:
 
 
 def gpu_op_tags() -> dict:
-    """Tags for an asset whose step should run on a GPU node in the cluster."""
+    """Tags for an asset whose step should run on a GPU node in the cluster.
+
+    FASHION_GPU_COUNT=0 (a cluster without GPU nodes) keeps the steps on ordinary nodes, where
+    TensorFlow uses the CPU; otherwise they would wait forever for a GPU that never comes."""
+    if os.environ.get("FASHION_GPU_COUNT", "1") == "0":
+        return {}
     return {"dagster-k8s/config": gpu_k8s_config(), GPU_TAG: "true"}
 
 

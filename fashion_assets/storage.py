@@ -54,7 +54,7 @@ class ObjectStore(ABC):
 
     @abstractmethod
     def uri(self, key: str) -> str:
-        """Where one object is, for people and for tools outside the project."""
+        """Where one object (or, with a trailing '/', a folder) is, for people and other tools."""
 
     @abstractmethod
     def check(self) -> None:
@@ -96,7 +96,7 @@ class LocalObjectStore(ObjectStore):
         return self.root / _check_key(key)
 
     def uri(self, key: str) -> str:
-        return str(self._path(key))
+        return str(self._path(key.rstrip("/"))) + ("/" if key.endswith("/") else "")
 
     def check(self) -> None:
         try:
@@ -175,7 +175,7 @@ class S3ObjectStore(ObjectStore):
         return self.prefix + _check_key(key)
 
     def uri(self, key: str) -> str:
-        return f"s3://{self.bucket}/{self._key(key)}"
+        return f"s3://{self.bucket}/{self._key(key.rstrip('/'))}" + ("/" if key.endswith("/") else "")
 
     def check(self) -> None:
         from botocore.exceptions import BotoCoreError, ClientError

@@ -1,0 +1,67 @@
+"""How well the classifier does: accuracy and top-5 per head, per-class report, confusion PNG."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from .labels import HEADS
+
+
+def head_metrics(probs: dict[str, np.ndarray], targets: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    metrics = {}
+    for head in HEADS:
+        p, t = probs[head], targets[head]
+        top5 = np.argsort(-p, axis=1)[:, :5]
+        metrics[head] = {
+            "accuracy": float((p.argmax(1) == t).mean()) if len(t) else 0.0,
+            "top5": float((top5 == t[:, None]).any(1).mean()) if len(t) else 0.0,
+        }
+    return metrics
+
+
+def per_class_rows(pred: np.ndarray, target: np.ndarray, classes: list[str]) -> list[tuple]:
+    """(class, support, precision, recall, f1) per class, most frequent first."""
+    rows = []
+    for index, name in enumerate(classes):
+        tp = int(((pred == index) & (target == index)).sum())
+        support = int((target == index).sum())
+        predicted = int((pred == index).sum())
+        precision = tp / predicted if predicted else 0.0
+        recall = tp / support if support else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        rows.append((name, support, round(precision, 3), round(recall, 3), round(f1, 3)))
+    return sorted(rows, key=lambda r: -r[1])
+
+
+def confusion_png(pred: np.ndarray, target: np.ndarray, classes: list[str], top: int = 15, cell: int = 26) -> bytes:
+    """Row-normalised confusion matrix of the ``top`` most frequent classes, as a PNG."""
+    order = [i for i, _ in sorted(enumerate(classes), key=lambda ic: -int((target == ic[0]).sum()))][:top]
+    n = len(order)
+    matrix = np.zeros((n, n))
+    for r, true_class in enumerate(order):
+        mask = target == true_class
+        for c, predicted_class in enumerate(order):
+            matrix[r, c] = ((pred == predicted_class) & mask).sum() / max(1, mask.sum())
+    label_w = 150
+    img = Image.new("RGB", (label_w + n * cell + 10, label_w + n * cell + 10), "white")
+    draw = ImageDraw.Draw(img)
+    for r in range(n):
+        for c in range(n):
+            shade = int(255 * (1 - matrix[r, c]))
+            x, y = label_w + c * cell, label_w + r * cell
+            draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=(shade, shade, 255))
+            if matrix[r, c] >= 0.01:
+                draw.text((x + 2, y + 7), f"{round(100 * matrix[r, c])}", fill="black" if shade > 120 else "white")
+        draw.text((4, label_w + r * cell + 7), classes[order[r]][:22], fill="black")
+    for c in range(n):  # column labels, written vertically
+        text = classes[order[c]][:22]
+        layer = Image.new("RGB", (label_w - 4, cell), "white")
+        ImageDraw.Draw(layer).text((2, 7), text, fill="black")
+        img.paste(layer.rotate(90, expand=True), (label_w + c * cell, 2))
+    draw.text((4, 4), "true \u2193  predicted \u2192", fill="gray")
+    buffer = io.BytesIO()
+    img.save(buffer, "PNG", optimize=True)
+    return buffer.getvalue()
