@@ -80,12 +80,12 @@ def fashion_classifier(
     with tempfile.TemporaryDirectory(prefix="fashion-classifier-") as workdir:
         if config.model_uri:
             client = store.get_client() if isinstance(store, S3StoreResource) else None
-            loaded = artifacts.load_local(artifacts.fetch_to_local(config.model_uri, workdir, client))
+            imported_from = artifacts.fetch_to_local(config.model_uri, workdir, client)
+            loaded = artifacts.load_local(imported_from)
             image_size = loaded.image_size
             classes = {h: loaded.classes(h) for h in HEADS}
             model, seconds, epochs_run, history = loaded.keras_model, 0.0, 0, {}
-            if model is None:  # a SavedModel: rebuild nothing, keep it as it is
-                raise dg.Failure("model_uri: import a .keras file (a SavedModel cannot be re-saved as .keras)")
+            predict = loaded.predict
             _, val_index = split_by_product(ids, config.validation_fraction, config.seed)
             context.log.info(f"Imported {config.model_uri} ({image_size}px)")
         else:
@@ -109,10 +109,11 @@ def fashion_classifier(
             result = train_classifier(x, targets, ids, vocabularies, train_config, log=context.log.info)
             model, seconds, epochs_run, history = result.model, result.seconds, result.epochs_run, result.history
             val_index = result.val_index
+            predict = artifacts.keras_predict(model)
 
         evaluate_on = val_index if len(val_index) else np.arange(len(rows))
-        outputs = model.predict(x[evaluate_on], batch_size=256, verbose=0)
-        probs = {h: np.asarray(outputs[h], dtype=np.float32) for h in HEADS}
+        chunks = [predict(x[evaluate_on[i:i + 256]]) for i in range(0, len(evaluate_on), 256)]
+        probs = {h: np.concatenate([c[h] for c in chunks]) for h in HEADS}
         truth = {h: targets[h][evaluate_on] for h in HEADS}
         metrics = head_metrics(probs, truth)
         for head in HEADS:
@@ -124,7 +125,10 @@ def fashion_classifier(
             "version": version, "validation_metrics": metrics, "trained_on_images": len(rows),
             "imported_from": config.model_uri,
         })
-        uris = artifacts.save_model(store_, model, labels, version)
+        if model is not None:
+            uris = artifacts.save_model(store_, model, labels, version)
+        else:  # an imported SavedModel is kept as it is
+            uris = artifacts.save_saved_model_folder(store_, imported_from, labels, version)
 
     article_pred = probs["article_type"].argmax(1)
     confusion = confusion_png(article_pred, truth["article_type"], classes["article_type"])
@@ -138,7 +142,7 @@ def fashion_classifier(
             "validation_images": len(evaluate_on),
             "training_images": len(rows) - len(evaluate_on) if not config.model_uri else 0,
             "classes": dg.MetadataValue.json({h: len(classes[h]) for h in HEADS}),
-            "parameters": model.count_params(),
+            "parameters": model.count_params() if model is not None else 0,
             "image_size": image_size,
             "epochs_run": epochs_run,
             "training_seconds": dg.MetadataValue.float(round(seconds, 1)),

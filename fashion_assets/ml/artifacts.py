@@ -75,7 +75,17 @@ def save_model(store: ObjectStore, model, labels: dict, version: str) -> dict[st
             "labels": store.uri(prefix + "labels.json")}
 
 
-def _keras_predict(model) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
+def save_saved_model_folder(store: ObjectStore, folder: Path, labels: dict, version: str) -> dict[str, str]:
+    """An imported SavedModel, stored as it is (there is no ``.keras`` to make from it)."""
+    prefix = f"{MODEL_PREFIX}{version}/"
+    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        store.put_bytes(prefix + "saved_model/" + path.relative_to(folder).as_posix(), path.read_bytes())
+    store.put_bytes(prefix + "labels.json", json.dumps(labels, indent=2).encode(), "application/json")
+    store.put_bytes(LATEST_KEY, version.encode(), "text/plain")
+    return {"keras": "", "saved_model": store.uri(prefix + "saved_model"), "labels": store.uri(prefix + "labels.json")}
+
+
+def keras_predict(model) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
     def predict(images: np.ndarray) -> dict[str, np.ndarray]:
         out = model(images, training=False)
         return {h: np.asarray(out[h], dtype=np.float32) for h in HEADS}
@@ -112,23 +122,30 @@ def load_local(path: str | Path, labels: dict | None = None, version: str = "imp
         import keras
 
         model = keras.saving.load_model(path)
-        return LoadedModel(_keras_predict(model), labels, version, keras_model=model)
+        return LoadedModel(keras_predict(model), labels, version, keras_model=model)
     if (path / "saved_model.pb").is_file():
         return LoadedModel(_saved_model_predict(path), labels, version)
     raise ValueError(f"{path}: neither a .keras file nor a SavedModel folder (saved_model.pb)")
 
 
 def load_latest(store: ObjectStore, workdir: str | Path) -> LoadedModel:
-    """The model LATEST points at, from the store (the ``.keras`` file)."""
+    """The model LATEST points at, from the store: its ``.keras`` file, or its SavedModel when
+    it was imported as one."""
     if not store.exists(LATEST_KEY):
         raise FileNotFoundError(f"no model yet: {store.uri(LATEST_KEY)} is missing; materialise fashion_classifier")
     version = store.get_bytes(LATEST_KEY).decode().strip()
     prefix = f"{MODEL_PREFIX}{version}/"
     local = Path(workdir, version)
     local.mkdir(parents=True, exist_ok=True)
-    (local / "model.keras").write_bytes(store.get_bytes(prefix + "model.keras"))
     labels = json.loads(store.get_bytes(prefix + "labels.json"))
-    return load_local(local / "model.keras", labels, version)
+    if store.exists(prefix + "model.keras"):
+        (local / "model.keras").write_bytes(store.get_bytes(prefix + "model.keras"))
+        return load_local(local / "model.keras", labels, version)
+    for obj in store.list(prefix + "saved_model/"):
+        target = local / "saved_model" / obj.key[len(prefix + "saved_model/"):]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(store.get_bytes(obj.key))
+    return load_local(local / "saved_model", labels, version)
 
 
 def fetch_to_local(uri: str, workdir: str | Path, s3_client=None) -> Path:

@@ -127,6 +127,6 @@ def train_classifier(
                                                        patience=config.patience, restore_best_weights=True))
     started = time.monotonic()
     history = model.fit(train_ds, validation_data=val_ds if len(val_index) else None, epochs=config.epochs,
-                        callbacks=callbacks, verbose=0)
+                        callbacks=callbacks, verbose=0, shuffle=False)  # the dataset shuffles itself
     return TrainResult(model, history.history, time.monotonic() - started, len(history.history["loss"]),
                        train_index, val_index)
