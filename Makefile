@@ -19,7 +19,7 @@ $(STAMP): setup.py constraints.txt
 	  $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,cpu]'
 	touch $@
 
 install: $(STAMP)
@@ -40,8 +40,10 @@ QUIET := grep --line-buffered -v -e ' - DEBUG - ' -e 'SupersessionWarning' -e 'r
 demo: install $(DAGSTER_HOME)/dagster.yaml
 	$(MATERIALIZE) --select 'products,product_images' 2>&1 | $(QUIET)
 	@for q in examples/queries/*.sql; do $(BIN)/fashion-assets query add $$(basename $$q .sql) --file $$q || exit 1; done
+	$(MATERIALIZE) --select fashion_classifier 2>&1 | $(QUIET)
 	@for q in examples/queries/*.sql; do \
-	  $(MATERIALIZE) --select image_set --partition $$(basename $$q .sql) 2>&1 | $(QUIET) || exit 1; done
+	  $(MATERIALIZE) --select 'image_set,augmented_set,predictions' --partition $$(basename $$q .sql) 2>&1 \
+	    | $(QUIET) || exit 1; done
 	@$(BIN)/fashion-assets summary
 
 test: install postgres

@@ -20,14 +20,22 @@ setup(
         "pillow>=11,<14",
         "sqlglot>=27,<31",
         "dagster-k8s>=0.29,<0.30",
+        "albumentations>=2.0,<2.1",
+        "numpy>=1.26",
+        # TensorFlow comes from an extra: `cpu` (tensorflow-cpu, what make installs) or `gpu`
+        # (tensorflow, CUDA build; the GPU image has it from its base).
     ],
     extras_require={
+        "cpu": ["tensorflow-cpu>=2.19,<2.22"],
+        "gpu": ["tensorflow>=2.19,<2.22"],
+        "docker": ["dagster-docker>=0.29,<0.30"],
         "dev": [
             "pytest>=8,<10",
             "moto[server]>=5.1,<6",
             "kubernetes-validate>=1.30",
             "jsonschema>=4.20",
             "PyYAML>=6",
+            "dagster-docker>=0.29,<0.30",
         ],
     },
     entry_points={"console_scripts": ["fashion-assets=fashion_assets.cli:main"]},

@@ -119,6 +119,12 @@ def cmd_summary(args: argparse.Namespace) -> int:
             for name in sorted(instance.get_dynamic_partitions(image_queries.name))
             if (meta := _latest_metadata(instance, "image_set", name))
         }
+        model = _latest_metadata(instance, "fashion_classifier")
+        predicted = {
+            name: meta
+            for name in image_sets
+            if (meta := _latest_metadata(instance, "predictions", name))
+        }
     if not products:
         print("No catalog yet: run `make demo` (or materialise `products` in the UI).", file=sys.stderr)
         return 1
@@ -138,6 +144,17 @@ def cmd_summary(args: argparse.Namespace) -> int:
         for name, meta in image_sets.items():
             print(f"  {name:28} {meta['dagster/row_count']:>6,} images ({meta['missing']:,} selected without image)"
                   f"   {meta['manifest']}")
+    if model:
+        print(f"Classifier {model['version']}  validation accuracy: " + ", ".join(
+            f"{h} {model[f'{h}_accuracy']:.1%}" for h in ("master_category", "sub_category", "article_type"))
+            + f"   ({model['training_seconds']:.0f}s training)")
+        print(f"  {model['model_keras'] or model['saved_model']}")
+    if predicted:
+        print("Predictions (table `predictions` in the catalog database, and Parquet)")
+        for name, meta in predicted.items():
+            agreement = meta.get("agreement_article_type")
+            agree = f", article type agrees with the catalog on {agreement:.1%}" if agreement is not None else ""
+            print(f"  {name:28} {meta['dagster/row_count']:>6,} rows{agree}   {meta['parquet']}")
     print()
     print("Open the UI:  make dev   (dagster dev, then http://127.0.0.1:3000)")
     return 0

@@ -1,0 +1,75 @@
+"""Benchmark: the `predictions` asset against bare `model.predict` on the same images preloaded
+as one uint8 tensor, same model and batch size, in the same run (by hand, not in CI).
+
+    .venv/bin/python bench/predict.py [--images 4000] [--batch-size 128]
+
+Uses the newest trained model if --model-dir points at a store that has one; otherwise an
+untrained network of the production architecture (speed does not depend on the weights).
+Target: asset >= 0.7x bare. The asset also reads each image from the store, decodes and resizes
+it (tf.data, in parallel), and writes the table and the Parquet file.
+"""
+
+import argparse
+import tempfile
+import time
+
+import dagster as dg
+from common import DEFAULT_DATASET, QUIET, local_catalog, metadata
+
+from fashion_assets.assets.predictions import predictions
+from fashion_assets.image_export import read_manifest
+from fashion_assets.ml import artifacts
+from fashion_assets.ml.images import load_array
+from fashion_assets.ml.labels import HEADS
+from fashion_assets.ml.model import build_classifier
+from fashion_assets.storage import LocalObjectStore
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default=str(DEFAULT_DATASET))
+    parser.add_argument("--images", type=int, default=4000)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--model-dir", help="a store folder with models/fashion_classifier/LATEST")
+    parser.add_argument("--image-size", type=int, default=64)
+    args = parser.parse_args()
+    resources, instance, work = local_catalog(args.dataset, f"SELECT id FROM product_images ORDER BY id LIMIT {args.images}")
+    store = resources["store"].get_store()
+    if args.model_dir:
+        with tempfile.TemporaryDirectory() as tmp:
+            source = artifacts.load_latest(LocalObjectStore(args.model_dir), tmp)
+            labels, model = source.labels, source.keras_model
+    else:
+        classes = {"master_category": 5, "sub_category": 21, "article_type": 40}
+        model = build_classifier(classes, args.image_size)
+        labels = artifacts.labels_document_from_classes({h: [f"{h}{i}" for i in range(n)] for h, n in classes.items()},
+                                                        args.image_size)
+    artifacts.save_model(store, model, labels, "bench")
+    size = labels["image_size"]
+
+    rows = read_manifest(store, "bench").select(["key"]).to_pylist()
+    x = load_array(((i, store.get_bytes(r["key"])) for i, r in enumerate(rows)), len(rows), size)
+    model.predict(x[: args.batch_size * 2], batch_size=args.batch_size, verbose=0)  # warm-up
+    started = time.perf_counter()
+    model.predict(x, batch_size=args.batch_size, verbose=0)
+    bare = len(x) / (time.perf_counter() - started)
+
+    started = time.perf_counter()
+    result = dg.materialize([predictions], partition_key="bench", resources=resources, instance=instance,
+                            run_config={**QUIET, "ops": {"predictions": {"config": {"batch_size": args.batch_size}}}})
+    wall = time.perf_counter() - started
+    meta = metadata(result)
+    import tensorflow as tf
+
+    device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
+    print(f"{len(x):,} images at {size}px, batch {args.batch_size}, {model.count_params():,} parameters, on {device}")
+    print(f"  bare model.predict on a preloaded tensor  {bare:8.1f} images/s")
+    print(f"  predictions asset (read+decode+predict)   {meta['rate_images_per_s']:8.1f} images/s   "
+          f"ratio {meta['rate_images_per_s'] / bare:.2f}x (target >= 0.7x)")
+    print(f"  predictions, whole step                   {len(x) / wall:8.1f} images/s   "
+          f"({wall:.1f}s incl. model load, table and Parquet writes, run start)")
+    assert set(HEADS) <= set(labels["heads"])
+
+
+if __name__ == "__main__":
+    main()
