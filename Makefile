@@ -1,6 +1,6 @@
 # Two commands for a newcomer: `make demo` and `make test`. Both set up everything they need on a
 # fresh Debian machine with Python 3.11: the venv, the pinned packages and, for the tests,
-# Debian's PostgreSQL server binaries.
+# Debian's PostgreSQL server binaries and Chromium.
 SHELL := /bin/bash
 .SHELLFLAGS := -o pipefail -c
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -11,7 +11,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # A local Dagster instance (SQLite, no server) so `make dev` shows the runs `make demo` made.
 export DAGSTER_HOME ?= $(CURDIR)/data/dagster_home
 
-.PHONY: install demo test dev postgres clean
+.PHONY: install demo test dev postgres browser clean
 
 $(STAMP): setup.py constraints.txt
 	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || { \
@@ -37,6 +37,12 @@ $(DAGSTER_HOME)/dagster.yaml:
 MATERIALIZE := $(BIN)/dagster asset materialize -m fashion_assets.definitions
 QUIET := grep --line-buffered -v -e ' - DEBUG - ' -e 'SupersessionWarning' -e 'return callback'
 
+# Debian's Chromium for the browser test (Playwright drives it; no browser download).
+browser:
+	@if command -v chromium >/dev/null; then :; else \
+	  echo "Installing Debian's chromium for the browser test"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; fi
+
 demo: install $(DAGSTER_HOME)/dagster.yaml
 	$(MATERIALIZE) --select 'products,product_images' 2>&1 | $(QUIET)
 	@for q in examples/queries/*.sql; do $(BIN)/fashion-assets query add $$(basename $$q .sql) --file $$q || exit 1; done
@@ -46,7 +52,7 @@ demo: install $(DAGSTER_HOME)/dagster.yaml
 	    | $(QUIET) || exit 1; done
 	@$(BIN)/fashion-assets summary
 
-test: install postgres
+test: install postgres browser
 	$(BIN)/python -m pytest
 
 dev: install $(DAGSTER_HOME)/dagster.yaml

@@ -36,6 +36,7 @@ setup(
             "jsonschema>=4.20",
             "PyYAML>=6",
             "dagster-docker>=0.29,<0.30",
+            "playwright>=1.50,<2",
         ],
     },
     entry_points={"console_scripts": ["fashion-assets=fashion_assets.cli:main"]},

@@ -32,6 +32,7 @@ import dagster as dg
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 from fashion_assets.assets.catalog import product_images, products  # noqa: E402
 from fashion_assets.assets.image_sets import image_queries, image_set  # noqa: E402
@@ -95,7 +96,8 @@ def materialize_set(resources: dict, name: str, instance: dg.DagsterInstance) ->
     holder = {}
 
     def run():
-        holder["result"] = dg.materialize([image_set], partition_key=name, resources=resources, instance=instance)
+        holder["result"] = dg.materialize([image_set], partition_key=name, resources=resources, instance=instance,
+                                          run_config=QUIET)
 
     seconds = timed(run)
     [event] = holder["result"].get_asset_materialization_events()
@@ -161,7 +163,7 @@ def main() -> None:
                              max_concurrency=WORKERS)
         print(f"Ingesting {args.dataset} into the moto server ...", flush=True)
         ingest = timed(lambda: dg.materialize([products, product_images], resources={**base, "store": s3},
-                                              instance=instance))
+                                              instance=instance, run_config=QUIET))
         engine = base["catalog_db"].engine
         with engine.connect() as conn:
             ids = [row[0] for row in conn.exec_driver_sql(QUERY)]
@@ -172,7 +174,7 @@ def main() -> None:
 
         # Local store: the asset (hard links) against a sequential file-copy loop.
         local = LocalStoreResource(path=str(work / "store"))
-        dg.materialize([product_images], resources={**base, "store": local}, instance=instance)
+        dg.materialize([product_images], resources={**base, "store": local}, instance=instance, run_config=QUIET)
         seconds, n = materialize_set({**base, "store": local}, "local-asset", instance)
         source = work / "store" / "catalog" / "images"
         target = work / "plain-copy"

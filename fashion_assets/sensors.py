@@ -9,7 +9,9 @@ import json
 
 import dagster as dg
 
+from .assets.augmented import augmented_set
 from .assets.image_sets import image_queries, image_set
+from .assets.predictions import predictions
 from .queries import QueryRegistry
 from .resources import CatalogDatabase, ObjectStoreResource
 from .sql_sandbox import SqlRejected, dialect_of, validate_sql
@@ -57,3 +59,16 @@ def image_query_sensor(
         dynamic_partitions_requests=[image_queries.build_add_request(new_partitions)] if new_partitions else [],
         cursor=json.dumps({"queries": seen, "ignored": ignored}, sort_keys=True),
     )
+
+
+# Declarative automation for what follows an image set: augmented_set and predictions are
+# `AutomationCondition.eager()`, so once image_query_sensor's run lands, the daemon requests the
+# augmented set, then the predictions, for that partition (and new predictions for every set
+# when the model changes). Running by default, like the query sensor, so dropping a .sql file
+# into the store is all a user does.
+fashion_automation = dg.AutomationConditionSensorDefinition(
+    "fashion_automation",
+    target=dg.AssetSelection.assets(augmented_set, predictions),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=30,
+)

@@ -65,6 +65,9 @@ class AugmentConfig(dg.Config):
     group_name="image_sets",
     deps=[image_set],
     kinds={"s3", "parquet"},
+    # Follows its image set: a new or changed set is augmented without anyone asking (under the
+    # daemon; see sensors.fashion_automation).
+    automation_condition=dg.AutomationCondition.eager(),
 )
 def augmented_set(context: dg.AssetExecutionContext, config: AugmentConfig, store: ObjectStoreResource) -> dg.MaterializeResult:
     """``variants`` augmented copies of every image of the set, as

@@ -53,6 +53,8 @@ def _inputs(store, name: str, source: str) -> list[dict]:
     kinds={"tensorflow", "sql", "parquet"},
     op_tags=gpu_op_tags(),
     pool=GPU_POOL,
+    # Re-tags a set when the set, its augmented copy or the model changes.
+    automation_condition=dg.AutomationCondition.eager(),
     check_specs=[
         dg.AssetCheckSpec("one_row_per_input", asset="predictions"),
         dg.AssetCheckSpec("confidences_are_probabilities", asset="predictions"),

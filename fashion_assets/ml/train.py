@@ -13,17 +13,17 @@ from .labels import HEADS, Vocabulary
 
 @dataclass
 class TrainConfig:
-    image_size: int = 96
+    image_size: int = 64
     epochs: int = 30
     batch_size: int = 64
-    learning_rate: float = 3e-3
+    learning_rate: float = 2e-3
     weight_decay: float = 5e-4
     label_smoothing: float = 0.1
     validation_fraction: float = 0.15
     patience: int = 8
     seed: int = 20261123
-    widths: tuple[int, ...] = (32, 64, 128, 256)
-    blocks: tuple[int, ...] = (1, 2, 2, 1)
+    widths: tuple[int, ...] = (24, 48, 96, 192)
+    blocks: tuple[int, ...] = (1, 1, 2, 1)
     dropout: float = 0.3
     loss_weights: dict = field(default_factory=lambda: {"master_category": 0.5, "sub_category": 0.75,
                                                         "article_type": 1.0})
