@@ -53,6 +53,12 @@ def main():
     started = time.perf_counter()
     model.predict(x, batch_size=args.batch_size, verbose=0)
     bare = len(x) / (time.perf_counter() - started)
+    # A stricter baseline: the same compiled forward pass the asset uses, on the preloaded tensor.
+    forward = artifacts.keras_predict(model)
+    started = time.perf_counter()
+    for i in range(0, len(x), args.batch_size):
+        forward(x[i:i + args.batch_size])
+    compiled = len(x) / (time.perf_counter() - started)
 
     started = time.perf_counter()
     result = dg.materialize([predictions], partition_key="bench", resources=resources, instance=instance,
@@ -64,8 +70,10 @@ def main():
     device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
     print(f"{len(x):,} images at {size}px, batch {args.batch_size}, {model.count_params():,} parameters, on {device}")
     print(f"  bare model.predict on a preloaded tensor  {bare:8.1f} images/s")
+    print(f"  compiled forward on the same tensor       {compiled:8.1f} images/s")
     print(f"  predictions asset (read+decode+predict)   {meta['rate_images_per_s']:8.1f} images/s   "
-          f"ratio {meta['rate_images_per_s'] / bare:.2f}x (target >= 0.7x)")
+          f"ratio {meta['rate_images_per_s'] / bare:.2f}x of model.predict (target >= 0.7x), "
+          f"{meta['rate_images_per_s'] / compiled:.2f}x of the compiled forward")
     print(f"  predictions, whole step                   {len(x) / wall:8.1f} images/s   "
           f"({wall:.1f}s incl. model load, table and Parquet writes, run start)")
     assert set(HEADS) <= set(labels["heads"])

@@ -19,19 +19,25 @@ def predict_rows(
     on_batch: Callable[[int], None] = lambda n: None,
 ) -> Iterator[tuple[int, dict]]:
     """``(tag, image bytes)`` -> ``(tag, {head_label, head_confidence, head_top5})`` per image."""
-    classes = {h: model.classes(h) for h in HEADS}
+    classes = {h: np.asarray(model.classes(h), dtype=object) for h in HEADS}
     for tags, images in batches(items, model.image_size, batch_size):
         probs = model.predict(images)
-        top5 = {h: np.argsort(-probs[h], axis=1)[:, :5] for h in HEADS}
+        columns = {}
+        for head in HEADS:  # whole-batch numpy work: per-row Python here would cap the rate
+            p = probs[head]
+            k = min(5, p.shape[1])
+            top = np.argpartition(-p, k - 1, axis=1)[:, :k]
+            top = np.take_along_axis(top, np.argsort(-np.take_along_axis(p, top, 1), axis=1), 1)
+            top_p = np.round(np.take_along_axis(p, top, 1).astype(float), 5)
+            columns[f"{head}_label"] = classes[head][top[:, 0]]
+            columns[f"{head}_confidence"] = top_p[:, 0]
+            columns[f"{head}_top5"] = [
+                json.dumps(list(zip(names, probabilities, strict=True)))
+                for names, probabilities in zip(classes[head][top].tolist(), top_p.tolist(), strict=True)
+            ]
         for i, tag in enumerate(tags.tolist()):
-            row = {}
-            for head in HEADS:
-                p = probs[head][i]
-                best = int(top5[head][i, 0])
-                row[f"{head}_label"] = classes[head][best]
-                row[f"{head}_confidence"] = float(p[best])
-                row[f"{head}_top5"] = json.dumps(
-                    [[classes[head][int(j)], round(float(p[j]), 5)] for j in top5[head][i]]
-                )
-            yield tag, row
+            yield tag, {
+                name: (float(values[i]) if name.endswith("_confidence") else values[i])
+                for name, values in columns.items()
+            }
         on_batch(len(tags))
