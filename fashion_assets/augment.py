@@ -141,7 +141,7 @@ def augment_in_parallel(
     variants: int,
     seed: int,
     workers: int | None = None,
-    chunk_size: int = 16,
+    chunk_size: int = 32,
 ) -> Iterator[tuple[int, list[bytes]]]:
     """Augment ``(product_id, image bytes)`` jobs on ``workers`` processes (default: all cores).
 
