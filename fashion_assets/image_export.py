@@ -5,23 +5,26 @@ Incremental: an image already there with the catalog's MD5 is not copied again, 
 longer selected are removed. Order matters so that a failed run never leaves a manifest that
 lies: copy first (adds and overwrites only), then write the new manifest, then remove what is
 no longer selected. If a run dies while copying, the previous manifest still describes objects
-that are all there. Plain module: no Dagster.
+that are all there.
+
+The work comes in three parts so that a large set spreads over many steps (``shards.py``):
+``plan_export`` runs the query and writes shards of work, ``export_shard`` puts one shard's
+images in place, ``commit_export`` writes the manifest. Plain module: no Dagster.
 """
 
 from __future__ import annotations
 
-import io
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import sqlalchemy as sa
 
 from .catalog_db import product_images, products
 from .parallel import bounded_map
 from .queries import image_set_prefix
+from .shards import PARQUET, Shard, ShardWriter, concat_parquet, peak_rss_mb, read_parquet, remove_prefix, write_parquet
 from .sql_sandbox import QueryStats, SqlRejected, SqlSandbox
 from .storage import ObjectStore
 
@@ -51,26 +54,64 @@ def set_image_key(name: str, product_id: int) -> str:
     return f"{image_set_prefix(name)}images/{product_id}.jpg"
 
 
+# A shard's work list: the manifest row plus what is stored at its key now (None: nothing).
+WORK_SCHEMA = MANIFEST_SCHEMA.append(pa.field("stored_md5", pa.string()))
+
+
 @dataclass
-class ExportResult:
+class ExportPlan:
+    """What the query selected, cut into shards of images to put in place."""
+
     name: str
+    work_prefix: str
     columns: list[str] = field(default_factory=list)  # what the query returned
     selected: int = 0  # distinct ids the query returned
     exported: int = 0  # of those, with an image: the set's size
-    copied: int = 0
-    unchanged: int = 0
-    removed: int = 0
     missing: int = 0  # selected ids without a catalog image
     missing_ids: list[int] = field(default_factory=list)  # the first 100 of them
-    bytes_copied: int = 0
-    bytes_total: int = 0
+    stale: int = 0  # images in the set no longer selected: removed after the manifest
+    shards: list[Shard] = field(default_factory=list)
     seconds: float = 0.0
     query: QueryStats = field(default_factory=QueryStats)
     preview: list[dict] = field(default_factory=list)
 
     @property
+    def stale_key(self) -> str:
+        return self.work_prefix + "stale.parquet"
+
+
+@dataclass
+class ShardResult:
+    """What one shard step did."""
+
+    index: int
+    images: int = 0
+    copied: int = 0
+    unchanged: int = 0
+    bytes_total: int = 0
+    bytes_copied: int = 0
+    seconds: float = 0.0
+    peak_rss_mb: float = 0.0
+    manifest_key: str = ""
+
+    @property
     def rate(self) -> float:
-        return self.exported / self.seconds if self.seconds else 0.0
+        return self.images / self.seconds if self.seconds else 0.0
+
+
+@dataclass
+class ExportResult:
+    plan: ExportPlan
+    shards: list[ShardResult]
+    removed: int = 0
+    seconds: float = 0.0  # from the plan's start to the manifest
+
+    def total(self, attribute: str) -> int:
+        return sum(getattr(s, attribute) for s in self.shards)
+
+    @property
+    def rate(self) -> float:
+        return self.plan.exported / self.seconds if self.seconds else 0.0
 
 
 def _lookup(engine: sa.Engine, ids: list[int]) -> dict[int, dict]:
@@ -98,73 +139,105 @@ def _as_id(value: object) -> int:
     raise SqlRejected(f"the id column must hold product ids (integers); it returned {value!r}")
 
 
-def export_image_set(
+def plan_export(
     name: str,
     sql: str,
     sandbox: SqlSandbox,
     store: ObjectStore,
-    workers: int,
+    work_prefix: str,
+    shard_size: int,
     on_progress: Callable[[int], None] = lambda n: None,
-) -> ExportResult:
-    result = ExportResult(name=name)
+) -> ExportPlan:
+    """Run the query (streamed), look up each selected image, and write the work lists.
+
+    Holds the set's current keys and the selected ids in memory (about 150 bytes an image),
+    never the rows: those go to the work lists a shard at a time.
+    """
+    plan = ExportPlan(name=name, work_prefix=work_prefix)
     started = time.monotonic()
-    prefix = image_set_prefix(name)
-    images_prefix = prefix + "images/"
-    existing = {obj.key: obj.md5 for obj in store.list(images_prefix)}
+    images_prefix = image_set_prefix(name) + "images/"
+    stored = {obj.key: obj.md5 for obj in store.list(images_prefix)}
     selected_ids: set[int] = set()
+    writer = ShardWriter(store, work_prefix, WORK_SCHEMA, shard_size)
+    for columns, rows in sandbox.stream(sql, plan.query):
+        plan.columns = columns
+        id_at = columns.index("id")
+        ids = []
+        for row in rows:
+            product_id = _as_id(row[id_at])
+            if product_id not in selected_ids:  # a query may return an id twice (joins)
+                selected_ids.add(product_id)
+                ids.append(product_id)
+        found = _lookup(sandbox.engine, ids)
+        items = []
+        for product_id in ids:
+            image = found.get(product_id)
+            if image is None:
+                plan.missing += 1
+                if len(plan.missing_ids) < 100:
+                    plan.missing_ids.append(product_id)
+                continue
+            item = {"id": product_id, "key": set_image_key(name, product_id), "source_key": image["key"]}
+            item.update({c: image[c] for c in MANIFEST_SCHEMA.names if c not in item})
+            item["stored_md5"] = stored.get(item["key"])
+            items.append(item)
+        writer.add(items)
+        plan.exported += len(items)
+        if len(plan.preview) < 10:
+            plan.preview += items[: 10 - len(plan.preview)]
+        on_progress(len(ids))
+    plan.shards = writer.close()
+    plan.selected = len(selected_ids)
+    stale = [key for key in stored if _id_of(key, images_prefix) not in selected_ids]
+    write_parquet(store, plan.stale_key, pa.table({"key": pa.array(stale, pa.string())}))
+    plan.stale = len(stale)
+    plan.seconds = time.monotonic() - started
+    return plan
+
+
+def export_shard(
+    store: ObjectStore, shard: Shard, workers: int, on_progress: Callable[[int], None] = lambda n: None
+) -> ShardResult:
+    """Put one shard's images in place (server-side copies on S3, hard links locally), skipping
+    those already there with the catalog's MD5; write the shard's part of the manifest."""
+    result = ShardResult(index=shard.index, manifest_key=shard.key.replace("shard-", "manifest-"))
+    started = time.monotonic()
+    items = read_parquet(store, shard.key).to_pylist()
 
     def copy_one(item: dict) -> tuple[dict, bool]:
-        if existing.get(item["key"]) == item["md5"]:
+        if item["stored_md5"] == item["md5"]:
             return item, False
         store.copy(item["source_key"], item["key"])
         return item, True
 
-    buffer = io.BytesIO()
-    with pq.ParquetWriter(buffer, MANIFEST_SCHEMA, compression="zstd") as writer:
-        for columns, rows in sandbox.stream(sql, result.query):
-            result.columns = columns
-            id_at = columns.index("id")
-            ids = []
-            for row in rows:
-                product_id = _as_id(row[id_at])
-                if product_id not in selected_ids:  # a query may return an id twice (joins)
-                    selected_ids.add(product_id)
-                    ids.append(product_id)
-            found = _lookup(sandbox.engine, ids)
-            items = []
-            for product_id in ids:
-                image = found.get(product_id)
-                if image is None:
-                    result.missing += 1
-                    if len(result.missing_ids) < 100:
-                        result.missing_ids.append(product_id)
-                    continue
-                item = {"id": product_id, "key": set_image_key(name, product_id), "source_key": image["key"]}
-                item.update({c: image[c] for c in MANIFEST_SCHEMA.names if c not in item})
-                items.append(item)
-            for item, copied in bounded_map(copy_one, items, workers):
-                if copied:
-                    result.copied += 1
-                    result.bytes_copied += item["bytes"]
-                else:
-                    result.unchanged += 1
-                result.bytes_total += item["bytes"]
-            result.exported += len(items)
-            if len(result.preview) < 10:
-                result.preview += items[: 10 - len(result.preview)]
-            if items:
-                writer.write_table(pa.Table.from_pylist(items, schema=MANIFEST_SCHEMA))
-            on_progress(len(ids))
-    result.selected = len(selected_ids)
-
-    # The manifest goes in only once every image it lists is there...
-    store.put_bytes(manifest_key(name), buffer.getvalue(), "application/vnd.apache.parquet")
-    # ...and images no longer selected go only after it: a failure here leaves extra files, not lies.
-    stale = [key for key in existing if _id_of(key, images_prefix) not in selected_ids]
-    for _ in bounded_map(store.delete, stale, workers):
-        result.removed += 1
+    for item, copied in bounded_map(copy_one, items, workers):
+        if copied:
+            result.copied += 1
+            result.bytes_copied += item["bytes"]
+        else:
+            result.unchanged += 1
+        result.bytes_total += item["bytes"]
+        on_progress(1)
+    result.images = len(items)
+    write_parquet(store, result.manifest_key, pa.Table.from_pylist(items, schema=WORK_SCHEMA))
     result.seconds = time.monotonic() - started
+    result.peak_rss_mb = peak_rss_mb()
     return result
+
+
+def commit_export(store: ObjectStore, plan: ExportPlan, shards: list[ShardResult], workers: int) -> ExportResult:
+    """Write the manifest once every shard's images are in place, then remove what is no longer
+    selected, then the work lists: a failure at any point leaves a manifest that tells the truth."""
+    done = sorted(shards, key=lambda s: s.index)
+    if [s.index for s in done] != [s.index for s in plan.shards]:
+        raise RuntimeError(f"image set {plan.name!r}: {len(done)} of {len(plan.shards)} shards reported; "
+                           "re-execute the failed shards")
+    manifest, rows = concat_parquet(store, [s.manifest_key for s in done], MANIFEST_SCHEMA)
+    store.put_bytes(manifest_key(plan.name), manifest, PARQUET)
+    stale = read_parquet(store, plan.stale_key).column("key").to_pylist()
+    removed = sum(1 for _ in bounded_map(store.delete, stale, workers))
+    remove_prefix(store, plan.work_prefix, workers)
+    return ExportResult(plan=plan, shards=done, removed=removed)
 
 
 def _id_of(key: str, images_prefix: str) -> int | None:
@@ -173,10 +246,9 @@ def _id_of(key: str, images_prefix: str) -> int | None:
 
 
 def read_manifest(store: ObjectStore, name: str) -> pa.Table:
-    return pq.read_table(io.BytesIO(store.get_bytes(manifest_key(name))))
+    return read_parquet(store, manifest_key(name))
 
 
 def purge_image_set(store: ObjectStore, name: str, workers: int = 16) -> int:
     """Delete everything under ``image-sets/<name>/``; returns the number of objects removed."""
-    keys: Iterable[str] = [obj.key for obj in store.list(image_set_prefix(name))]
-    return sum(1 for _ in bounded_map(store.delete, keys, workers))
+    return remove_prefix(store, image_set_prefix(name), workers)

@@ -91,6 +91,24 @@ def test_changing_the_sql_adds_and_removes_exactly_the_difference(catalog):
     assert {r["id"] for r in read_manifest(backend.store(), "some").to_pylist()} == {3, 4, 5, 6, 7}
 
 
+def test_a_set_split_into_shards_is_the_same_set(catalog):
+    backend = catalog[0]
+    whole = meta(run_set(catalog, "whole", "SELECT id FROM products ORDER BY id"))
+    sharded = meta(run_set(catalog, "sharded", "SELECT id FROM products ORDER BY id", config={"shard_size": 2}))
+    assert (whole["shards"], sharded["shards"]) == (1, 5)  # 9 images: 2 + 2 + 2 + 2 + 1
+    assert sharded["dagster/row_count"] == whole["dagster/row_count"] == 9
+    assert "| 4 | 1 |" in sharded["shard_rates"]  # shard 4 holds the ninth image
+    columns = ["id", "key", "source_key", "md5", "bytes", "article_type"]
+    assert read_manifest(backend.store(), "sharded").select(columns).to_pylist() == [
+        {**row, "key": row["key"].replace("/whole/", "/sharded/")}
+        for row in read_manifest(backend.store(), "whole").select(columns).to_pylist()
+    ]
+    assert not list(backend.store().list("_work/"))  # the work lists go once the manifest is in
+
+    changed = meta(run_set(catalog, "sharded", "SELECT id FROM products WHERE id > 3", config={"shard_size": 4}))
+    assert (changed["shards"], changed["copied"], changed["unchanged"], changed["removed"]) == (2, 0, 6, 3)
+
+
 def test_duplicate_and_imageless_ids(catalog):
     result = run_set(catalog, "dups", "SELECT p.id FROM products p JOIN products q ON q.gender = p.gender WHERE p.id < 4")
     m = meta(result)

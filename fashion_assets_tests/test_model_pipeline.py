@@ -13,7 +13,8 @@ from fashion_assets.assets.augmented import augmented_count_matches, augmented_s
 from fashion_assets.assets.catalog import product_images, products
 from fashion_assets.assets.image_sets import image_queries, image_set
 from fashion_assets.assets.model import fashion_classifier
-from fashion_assets.assets.predictions import predictions, predictions_key
+from fashion_assets.assets.predictions import confidences_are_probabilities, one_row_per_input, predictions
+from fashion_assets.prediction_tables import predictions_key
 from fashion_assets.ml import artifacts
 from fashion_assets.ml.labels import HEADS, build_vocabularies
 from fashion_assets.ml.train import TrainConfig, train_classifier
@@ -78,7 +79,7 @@ def pipeline(backend, tmp_path):
                           run_config=QUIET).success
 
     def run(assets, config=None, partition="all", raise_on_error=True):
-        ops = {a.op.name: {"config": c} for a, c in (config or {}).items()}
+        ops = {a.node_def.name: {"config": c} for a, c in (config or {}).items()}
         return dg.materialize(assets, partition_key=partition, resources=resources, instance=instance,
                               run_config={**QUIET, "ops": ops}, raise_on_error=raise_on_error)
 
@@ -117,10 +118,11 @@ def test_augment_train_predict(pipeline):
     assert model_meta["image_size"] == 32 and 0 <= model_meta["article_type_accuracy"] <= 1
     assert store.exists(f"models/fashion_classifier/{model_meta['version']}/saved_model/saved_model.pb")
 
-    first_run = run([predictions])
+    first_run = run([predictions, one_row_per_input, confidences_are_probabilities])
     p = meta(first_run, "predictions")
     assert p["dagster/row_count"] == 9 and p["model_version"] == model_meta["version"]
-    assert all(c.passed for c in first_run.get_asset_check_evaluations())
+    checks = first_run.get_asset_check_evaluations()
+    assert len(checks) == 2 and all(c.passed for c in checks)
     rows = prediction_rows(backend)
     assert len(rows) == 9 and {r.source for r in rows} == {"original"}
     assert all(0 <= r.article_type_confidence <= 1 for r in rows)

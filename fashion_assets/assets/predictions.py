@@ -1,129 +1,128 @@
-"""``predictions``: the classifier over a query's images, as a SQL table and Parquet (thin wiring)."""
+"""``predictions``: the classifier over a query's images, as a SQL table and Parquet (thin
+wiring around ``prediction_tables``: plan, one GPU step per shard, commit)."""
 
-import collections
-import datetime as dt
-import io
-import tempfile
-import time
 from typing import Literal
 
 import dagster as dg
-import pyarrow as pa
-import pyarrow.parquet as pq
-import sqlalchemy as sa
+import pyarrow.compute as pc
+from pydantic import Field
 
-from ..catalog_db import predictions as predictions_table
-from ..catalog_db import products as products_table
-from ..image_export import read_manifest
 from ..k8s import GPU_POOL, gpu_op_tags
 from ..ml.labels import HEADS
-from ..parallel import bounded_map
+from ..prediction_tables import (
+    PredictPlan,
+    PredictShardResult,
+    commit_predictions,
+    input_table,
+    plan_predictions,
+    predict_shard,
+    predictions_key,
+)
 from ..progress import Progress
-from ..queries import image_set_prefix
 from ..reporting import markdown_table
 from ..resources import CatalogDatabase, ObjectStoreResource
-from .augmented import augmented_prefix, augmented_set, latest_pointer
-from .image_sets import image_queries, image_set
-from .model import fashion_classifier
+from ..shards import Shard, read_parquet
+from .image_sets import image_queries
+from .sharding import plan_prefix, same_config_for, shard_outputs, shards_table
 
 
 class PredictionsConfig(dg.Config):
     source: Literal["original", "augmented"] = "original"
     """Predict the set's images, or its newest augmented set."""
     batch_size: int = 128
+    shard_size: int = Field(default=100_000, ge=1)
+    """Images per shard: each shard is one step (one GPU pod on Kubernetes)."""
 
 
-def predictions_key(name: str) -> str:
-    return image_set_prefix(name) + "predictions.parquet"
+@dg.op(
+    ins={"image_set": dg.In(dg.Nothing), "augmented_set": dg.In(dg.Nothing), "fashion_classifier": dg.In(dg.Nothing)},
+    out={"shards": dg.DynamicOut(Shard), "plan": dg.Out(PredictPlan)},
+)
+def plan_prediction_shards(context: dg.OpExecutionContext, config: PredictionsConfig, store: ObjectStoreResource):
+    """Picks the inputs and the model version (LATEST, now) and writes the work lists."""
+    plan = plan_predictions(store.get_store(), context.partition_key, config.source,
+                            plan_prefix(context, "predictions"), config.shard_size)
+    context.log.info(f"Predicting {plan.inputs:,} {config.source} images of {plan.name!r} with model "
+                     f"{plan.model_version}, in {len(plan.shards)} shard(s)")
+    yield from shard_outputs(plan.shards)
+    yield dg.Output(plan, output_name="plan")
 
 
-def _inputs(store, name: str, source: str) -> list[dict]:
-    if source == "original":
-        return [{"id": r["id"], "variant": 0, "key": r["key"]}
-                for r in read_manifest(store, name).select(["id", "key"]).to_pylist()]
-    digest = store.get_bytes(latest_pointer(name)).decode().strip()
-    manifest = pq.read_table(io.BytesIO(store.get_bytes(augmented_prefix(name, digest) + "manifest.parquet")))
-    return manifest.select(["id", "variant", "key"]).to_pylist()
+# The step that wants a GPU: on Kubernetes it lands on a GPU node (dagster-k8s/config), and the
+# `gpu` pool caps how many run at once.
+@dg.op(tags=gpu_op_tags(), pool=GPU_POOL)
+def predict_shard_images(context: dg.OpExecutionContext, config: PredictionsConfig, store: ObjectStoreResource,
+                         plan: PredictPlan, shard: Shard) -> PredictShardResult:
+    """Batched inference over one shard: a tf.data pipeline decodes in parallel and prefetches."""
+    progress = Progress(f"predictions[{plan.name}] shard {shard.index}", shard.items, context.log.info,
+                        every_items=5_000)
+    result = predict_shard(store.get_store(), plan, shard, config.batch_size, store.max_concurrency, progress.advance)
+    progress.finish()
+    return result
 
 
-@dg.asset(
+@dg.op
+def write_predictions(context: dg.OpExecutionContext, config: PredictionsConfig, catalog_db: CatalogDatabase,
+                      store: ObjectStoreResource, plan: PredictPlan, shards: list[PredictShardResult]) -> dg.Output[None]:
+    """Replaces the partition's rows in one transaction and writes the Parquet copy."""
+    store_ = store.get_store()
+    result = commit_predictions(catalog_db.engine, store_, plan, shards, store.max_concurrency)
+    seconds = sum(s.seconds for s in result.shards)
+    preview_columns = ["id", "variant", *[f"{h}_label" for h in HEADS], "article_type_confidence"]
+    return dg.Output(None, metadata={
+        "dagster/row_count": result.rows,
+        "source": plan.source,
+        "model_version": plan.model_version,
+        "rate_images_per_s": dg.MetadataValue.float(round(result.rows / seconds, 1) if seconds else 0.0),
+        "shards": len(result.shards),
+        "shard_rates": shards_table((s.index, s.images, s.seconds, s.peak_rss_mb) for s in result.shards),
+        **{f"agreement_{h}": dg.MetadataValue.float(round(a, 4)) for h, a in result.agreement.items() if a is not None},
+        **{f"labels_{h}": dg.MetadataValue.md(markdown_table([h, "images"], result.distribution[h])) for h in HEADS},
+        "preview": dg.MetadataValue.md(markdown_table(
+            preview_columns,
+            [[r[c] if c != "article_type_confidence" else round(r[c], 3) for c in preview_columns]
+             for r in result.preview], limit=10)),
+        "table": "predictions",
+        "parquet": store_.uri(predictions_key(plan.name)),
+    })
+
+
+@dg.graph_asset(
     partitions_def=image_queries,
     group_name="model",
-    deps=[image_set, augmented_set, fashion_classifier],
+    ins={name: dg.AssetIn(dagster_type=dg.Nothing) for name in ("image_set", "augmented_set", "fashion_classifier")},
     kinds={"tensorflow", "sql", "parquet"},
-    op_tags=gpu_op_tags(),
-    pool=GPU_POOL,
+    config=same_config_for(PredictionsConfig, "plan_prediction_shards", "predict_shard_images", "write_predictions"),
     # Re-tags a set when the set, its augmented copy or the model changes.
     automation_condition=dg.AutomationCondition.eager(),
-    check_specs=[
-        dg.AssetCheckSpec("one_row_per_input", asset="predictions"),
-        dg.AssetCheckSpec("confidences_are_probabilities", asset="predictions"),
-    ],
 )
-def predictions(
-    context: dg.AssetExecutionContext, config: PredictionsConfig, catalog_db: CatalogDatabase, store: ObjectStoreResource
-) -> dg.MaterializeResult:
+def predictions(image_set, augmented_set, fashion_classifier):
     """Master category, sub category and article type for every image of the set, with
     confidence and top-5, in table ``predictions`` (this partition's rows replaced in one
     transaction) and ``image-sets/<name>/predictions.parquet``."""
-    from ..ml.artifacts import load_latest
-    from ..ml.predict import predict_rows
+    shards, plan = plan_prediction_shards(image_set=image_set, augmented_set=augmented_set,
+                                          fashion_classifier=fashion_classifier)
+    return write_predictions(plan, shards.map(lambda shard: predict_shard_images(plan, shard)).collect())
 
-    name = context.partition_key
+
+def _stored_predictions(context: dg.AssetCheckExecutionContext, store: ObjectStoreResource):
     store_ = store.get_store()
-    inputs = _inputs(store_, name, config.source)
-    with tempfile.TemporaryDirectory(prefix="fashion-predict-") as workdir:
-        model = load_latest(store_, workdir)
-        context.log.info(f"Predicting {len(inputs):,} {config.source} images of {name!r} with model {model.version}")
-        progress = Progress(f"predictions[{name}]", len(inputs), context.log.info, every_items=1_000)
-        started = time.monotonic()
-        read = bounded_map(lambda i: (i, store_.get_bytes(inputs[i]["key"])), range(len(inputs)), store.max_concurrency)
-        results = dict(predict_rows(model, read, config.batch_size, on_batch=progress.advance))
-        seconds = time.monotonic() - started
-    progress.finish()
+    return store_, read_parquet(store_, predictions_key(context.partition_key))
 
-    now = dt.datetime.now(dt.timezone.utc)
-    rows = [{"image_set": name, "source": config.source, "id": item["id"], "variant": item["variant"],
-             "model_version": model.version, **results[i], "created_at": now} for i, item in enumerate(inputs)]
-    with catalog_db.engine.begin() as conn:  # this partition's rows only, all or nothing
-        conn.execute(predictions_table.delete().where(predictions_table.c.image_set == name))
-        for start in range(0, len(rows), 5_000):
-            conn.execute(predictions_table.insert(), rows[start:start + 5_000])
-        catalog = {r.id: r for r in conn.execute(
-            sa.select(products_table.c.id, *[products_table.c[h] for h in HEADS])
-            .where(products_table.c.id.in_(sa.select(predictions_table.c.id).where(predictions_table.c.image_set == name)))
-        )}
-    buffer = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(rows), buffer, compression="zstd")
-    store_.put_bytes(predictions_key(name), buffer.getvalue(), "application/vnd.apache.parquet")
 
-    agreement = {}
-    for head in HEADS:
-        known = [(r[f"{head}_label"], getattr(catalog[r["id"]], head)) for r in rows if r["id"] in catalog]
-        comparable = [(p, t) for p, t in known if t is not None and t in model.classes(head)]
-        agreement[head] = sum(p == t for p, t in comparable) / len(comparable) if comparable else None
-    distribution = {h: collections.Counter(r[f"{h}_label"] for r in rows).most_common(10) for h in HEADS}
-    confidences = [r[f"{h}_confidence"] for r in rows for h in HEADS]
-    return dg.MaterializeResult(
-        metadata={
-            "dagster/row_count": len(rows),
-            "source": config.source,
-            "model_version": model.version,
-            "rate_images_per_s": dg.MetadataValue.float(round(len(rows) / seconds, 1) if seconds else 0.0),
-            **{f"agreement_{h}": dg.MetadataValue.float(round(a, 4)) for h, a in agreement.items() if a is not None},
-            **{f"labels_{h}": dg.MetadataValue.md(markdown_table([h, "images"], distribution[h])) for h in HEADS},
-            "preview": dg.MetadataValue.md(markdown_table(
-                ["id", "variant", *[f"{h}_label" for h in HEADS], "article_type_confidence"],
-                [[r["id"], r["variant"], *[r[f"{h}_label"] for h in HEADS], round(r["article_type_confidence"], 3)]
-                 for r in rows], limit=10)),
-            "table": "predictions",
-            "parquet": store_.uri(predictions_key(name)),
-        },
-        check_results=[
-            dg.AssetCheckResult(check_name="one_row_per_input", passed=len(rows) == len(inputs),
-                                metadata={"rows": len(rows), "inputs": len(inputs)}),
-            dg.AssetCheckResult(check_name="confidences_are_probabilities",
-                                passed=all(0.0 <= c <= 1.0 for c in confidences),
-                                metadata={"min": min(confidences, default=0.0), "max": max(confidences, default=0.0)}),
-        ],
-    )
+@dg.asset_check(asset=predictions, description="One prediction row per input image.")
+def one_row_per_input(context: dg.AssetCheckExecutionContext, store: ObjectStoreResource) -> dg.AssetCheckResult:
+    store_, table = _stored_predictions(context, store)
+    source = table.column("source")[0].as_py() if table.num_rows else "original"
+    inputs = input_table(store_, context.partition_key, source).num_rows
+    return dg.AssetCheckResult(passed=table.num_rows == inputs, metadata={"rows": table.num_rows, "inputs": inputs})
+
+
+@dg.asset_check(asset=predictions, description="Every confidence is a probability, in [0, 1].")
+def confidences_are_probabilities(context: dg.AssetCheckExecutionContext,
+                                  store: ObjectStoreResource) -> dg.AssetCheckResult:
+    _, table = _stored_predictions(context, store)
+    columns = [table.column(f"{h}_confidence") for h in HEADS]
+    low = min((pc.min(c).as_py() for c in columns if len(c)), default=0.0)
+    high = max((pc.max(c).as_py() for c in columns if len(c)), default=0.0)
+    return dg.AssetCheckResult(passed=0.0 <= low and high <= 1.0, metadata={"min": low, "max": high})

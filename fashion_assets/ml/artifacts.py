@@ -135,12 +135,16 @@ def load_local(path: str | Path, labels: dict | None = None, version: str = "imp
     raise ValueError(f"{path}: neither a .keras file nor a SavedModel folder (saved_model.pb)")
 
 
-def load_latest(store: ObjectStore, workdir: str | Path) -> LoadedModel:
-    """The model LATEST points at, from the store: its ``.keras`` file, or its SavedModel when
-    it was imported as one."""
+def latest_version(store: ObjectStore) -> str:
+    """The version LATEST points at."""
     if not store.exists(LATEST_KEY):
         raise FileNotFoundError(f"no model yet: {store.uri(LATEST_KEY)} is missing; materialise fashion_classifier")
-    version = store.get_bytes(LATEST_KEY).decode().strip()
+    return store.get_bytes(LATEST_KEY).decode().strip()
+
+
+def load_version(store: ObjectStore, version: str, workdir: str | Path) -> LoadedModel:
+    """One version of the model from the store: its ``.keras`` file, or its SavedModel when it
+    was imported as one."""
     prefix = f"{MODEL_PREFIX}{version}/"
     local = Path(workdir, version)
     local.mkdir(parents=True, exist_ok=True)
@@ -153,6 +157,11 @@ def load_latest(store: ObjectStore, workdir: str | Path) -> LoadedModel:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(store.get_bytes(obj.key))
     return load_local(local / "saved_model", labels, version)
+
+
+def load_latest(store: ObjectStore, workdir: str | Path) -> LoadedModel:
+    """The model LATEST points at."""
+    return load_version(store, latest_version(store), workdir)
 
 
 def fetch_to_local(uri: str, workdir: str | Path, s3_client=None) -> Path:

@@ -1,0 +1,43 @@
+"""What the three sharded assets (image_set, augmented_set, predictions) share.
+
+Each is a graph of three ops: a planner that writes the work lists and yields one dynamic
+output per shard, a shard op mapped over them (one step each, so one pod each under
+``k8s_job_executor``), and a committer that combines the shards' results. The graph takes the
+asset's config once and hands it to each op (``same_config_for``), so run config keeps the
+shape ``ops: {<asset>: {config: {...}}}``.
+"""
+
+from collections.abc import Iterable, Iterator
+
+import dagster as dg
+
+from ..reporting import markdown_table
+from ..shards import Shard, work_prefix
+
+DEFAULT_SHARD_SIZE = 50_000
+
+
+def same_config_for(config_class: type[dg.Config], *op_names: str) -> dg.ConfigMapping:
+    """The graph's config schema is ``config_class``; every op gets the whole of it."""
+
+    def config_fn(config: config_class) -> dict:  # the annotation gives the graph its schema
+        return {name: {"config": dict(config)} for name in op_names}
+
+    return dg.ConfigMapping(config_fn=config_fn)
+
+
+def plan_prefix(context: dg.OpExecutionContext, asset: str) -> str:
+    return work_prefix(context.run_id, asset, context.partition_key)
+
+
+def shard_outputs(shards: Iterable[Shard]) -> Iterator[dg.DynamicOutput]:
+    for shard in shards:
+        yield dg.DynamicOutput(shard, output_name="shards", mapping_key=shard.mapping_key)
+
+
+def shards_table(rows: Iterable[tuple]) -> dg.MetadataValue:
+    """Per-shard figures: a shard that lags or swells shows here."""
+    return dg.MetadataValue.md(
+        markdown_table(["shard", "images", "seconds", "images/s", "peak RSS (MB)"],
+                       [[i, n, round(s, 1), round(n / s, 1) if s else 0, round(m)] for i, n, s, m in rows], limit=50)
+    )

@@ -1,0 +1,168 @@
+"""Augmented copies of an image set in the store, in three parts like ``image_export``:
+``plan_augmentation`` finds what needs (re)augmenting and writes it as shards of work,
+``augment_shard`` augments one shard on every core, ``commit_augmentation`` writes the manifest,
+removes stale variants, moves the ``LATEST`` pointer and draws the contact sheet.
+
+Layout: ``image-sets/<name>/augmented/<spec-hash>/<id>_<k>.jpg`` + ``manifest.parquet`` +
+``contact_sheet.png``, and ``image-sets/<name>/augmented/LATEST`` holding the newest spec hash.
+Plain module: no Dagster.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from .augment import augment_in_parallel, contact_sheet, spec_hash
+from .image_export import read_manifest
+from .parallel import bounded_map
+from .queries import image_set_prefix
+from .shards import Shard, ShardWriter, peak_rss_mb, read_parquet, remove_prefix, write_parquet
+from .storage import ObjectStore
+
+AUGMENTED_SCHEMA = pa.schema([
+    ("id", pa.int64()), ("variant", pa.int32()), ("key", pa.string()), ("source_key", pa.string()),
+    ("source_md5", pa.string()),
+])
+WORK_SCHEMA = pa.schema([("id", pa.int64()), ("key", pa.string()), ("md5", pa.string())])
+CONTACT_SHEET_ROWS = 6
+
+
+def augmented_prefix(name: str, digest: str) -> str:
+    return f"{image_set_prefix(name)}augmented/{digest}/"
+
+
+def latest_pointer(name: str) -> str:
+    """Holds the spec hash of the newest augmented set of a query: what `predictions` reads."""
+    return f"{image_set_prefix(name)}augmented/LATEST"
+
+
+def variant_key(prefix: str, product_id: int, k: int) -> str:
+    return f"{prefix}{product_id}_{k}.jpg"
+
+
+@dataclass
+class AugmentPlan:
+    name: str
+    digest: str
+    variants: int
+    work_prefix: str
+    source_images: int = 0
+    shards: list[Shard] = field(default_factory=list)
+
+    @property
+    def prefix(self) -> str:
+        return augmented_prefix(self.name, self.digest)
+
+    @property
+    def todo(self) -> int:
+        return sum(s.items for s in self.shards)
+
+
+@dataclass
+class AugmentShardResult:
+    index: int
+    images: int = 0
+    bytes_written: int = 0
+    seconds: float = 0.0
+    peak_rss_mb: float = 0.0
+
+
+@dataclass
+class AugmentResult:
+    plan: AugmentPlan
+    shards: list[AugmentShardResult]
+    rows: int = 0
+    removed: int = 0
+    contact_sheet: bytes = b""
+
+
+def plan_augmentation(
+    store: ObjectStore, name: str, spec: Sequence[Mapping] | Mapping, seed: int, variants: int,
+    work_prefix: str, shard_size: int,
+) -> AugmentPlan:
+    """Every image of the set whose variants are missing or were made from another version of
+    the image goes into the work lists; the rest are up to date and kept."""
+    plan = AugmentPlan(name=name, digest=spec_hash(spec, seed), variants=variants, work_prefix=work_prefix)
+    source = read_manifest(store, name).select(["id", "key", "md5"]).to_pylist()
+    plan.source_images = len(source)
+    previous: dict[tuple[int, int], str] = {}
+    if store.exists(plan.prefix + "manifest.parquet"):
+        for row in read_parquet(store, plan.prefix + "manifest.parquet").to_pylist():
+            previous[(row["id"], row["variant"])] = row["source_md5"]
+    existing = {obj.key for obj in store.list(plan.prefix) if obj.key.endswith(".jpg")}
+
+    def up_to_date(row: dict) -> bool:
+        return all(variant_key(plan.prefix, row["id"], k) in existing and previous.get((row["id"], k)) == row["md5"]
+                   for k in range(variants))
+
+    writer = ShardWriter(store, work_prefix, WORK_SCHEMA, shard_size)
+    writer.add(row for row in source if not up_to_date(row))
+    plan.shards = writer.close()
+    return plan
+
+
+def augment_shard(
+    store: ObjectStore, plan: AugmentPlan, shard: Shard, spec: Sequence[Mapping] | Mapping, seed: int,
+    workers: int | None, io_workers: int, on_progress: Callable[[int], None] = lambda n: None,
+) -> AugmentShardResult:
+    """Read, augment (a process per core) and write one shard's images, streaming: memory holds
+    only the images in flight."""
+    result = AugmentShardResult(index=shard.index)
+    started = time.monotonic()
+    rows = read_parquet(store, shard.key).to_pylist()
+
+    def read(row: dict) -> tuple[int, bytes]:
+        return row["id"], store.get_bytes(row["key"])
+
+    def write(item: tuple[int, list[bytes]]) -> int:
+        product_id, outputs = item
+        for k, data in enumerate(outputs):
+            store.put_bytes(variant_key(plan.prefix, product_id, k), data, "image/jpeg")
+        return sum(map(len, outputs))
+
+    augmented = augment_in_parallel(bounded_map(read, rows, io_workers), spec, plan.variants, seed, workers=workers)
+    for size in bounded_map(write, augmented, io_workers):
+        result.bytes_written += size
+        result.images += 1
+        on_progress(1)
+    result.seconds = time.monotonic() - started
+    result.peak_rss_mb = peak_rss_mb()
+    return result
+
+
+def commit_augmentation(
+    store: ObjectStore, plan: AugmentPlan, shards: list[AugmentShardResult], io_workers: int
+) -> AugmentResult:
+    """The manifest lists every variant of every image of the set; it goes in once every shard
+    is done, then stale variants go, then ``LATEST`` moves to this spec."""
+    done = sorted(shards, key=lambda s: s.index)
+    if [s.index for s in done] != [s.index for s in plan.shards]:
+        raise RuntimeError(f"augmented set {plan.name!r}: {len(done)} of {len(plan.shards)} shards reported; "
+                           "re-execute the failed shards")
+    source = read_manifest(store, plan.name).select(["id", "key", "md5"])
+    # One row per (image, variant): row i of the set, variant k, at i * variants + k.
+    repeated = source.take(pa.array(np.repeat(np.arange(source.num_rows), plan.variants)))
+    variant = pa.array(np.tile(np.arange(plan.variants, dtype=np.int32), source.num_rows))
+    keys = [variant_key(plan.prefix, product_id, k)
+            for product_id, k in zip(repeated.column("id").to_pylist(), variant.to_pylist(), strict=True)]
+    table = pa.table({"id": repeated.column("id"), "variant": variant, "key": pa.array(keys, pa.string()),
+                      "source_key": repeated.column("key"), "source_md5": repeated.column("md5")},
+                     schema=AUGMENTED_SCHEMA)
+    write_parquet(store, plan.prefix + "manifest.parquet", table)
+    wanted = set(keys)
+    stale = [obj.key for obj in store.list(plan.prefix) if obj.key.endswith(".jpg") and obj.key not in wanted]
+    removed = sum(1 for _ in bounded_map(store.delete, stale, io_workers))
+    store.put_bytes(latest_pointer(plan.name), plan.digest.encode(), "text/plain")
+    remove_prefix(store, plan.work_prefix, io_workers)
+
+    sample = source.slice(0, CONTACT_SHEET_ROWS).to_pylist()
+    sheet = contact_sheet([(store.get_bytes(r["key"]),
+                            [store.get_bytes(variant_key(plan.prefix, r["id"], k)) for k in range(plan.variants)])
+                           for r in sample])
+    store.put_bytes(plan.prefix + "contact_sheet.png", sheet, "image/png")
+    return AugmentResult(plan=plan, shards=done, rows=table.num_rows, removed=removed, contact_sheet=sheet)

@@ -1,0 +1,172 @@
+"""Predictions for an image set, in three parts like ``image_export``: ``plan_predictions``
+picks the inputs and the model version and writes shards of work, ``predict_shard`` runs the
+classifier over one shard (the step that wants a GPU), ``commit_predictions`` replaces the
+partition's rows in table ``predictions`` in one transaction and writes
+``image-sets/<name>/predictions.parquet``. Plain module: no Dagster.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import json
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import sqlalchemy as sa
+
+from .augmented_sets import augmented_prefix, latest_pointer
+from .catalog_db import INSERT_CHUNK
+from .catalog_db import predictions as predictions_table
+from .catalog_db import products as products_table
+from .image_export import read_manifest
+from .ml.artifacts import MODEL_PREFIX, latest_version, load_version
+from .ml.labels import HEADS
+from .parallel import bounded_map
+from .queries import image_set_prefix
+from .shards import Shard, ShardWriter, concat_parquet, peak_rss_mb, read_parquet, remove_prefix, write_parquet
+from .storage import ObjectStore
+
+INPUT_SCHEMA = pa.schema([("id", pa.int64()), ("variant", pa.int32()), ("key", pa.string())])
+PREDICTION_SCHEMA = pa.schema([
+    ("image_set", pa.string()), ("source", pa.string()), ("id", pa.int64()), ("variant", pa.int32()),
+    ("model_version", pa.string()),
+    *[(f"{head}_{part}", pa.float64() if part == "confidence" else pa.string())
+      for head in HEADS for part in ("label", "confidence", "top5")],
+    ("created_at", pa.timestamp("us", tz="UTC")),
+])
+
+
+def predictions_key(name: str) -> str:
+    return image_set_prefix(name) + "predictions.parquet"
+
+
+@dataclass
+class PredictPlan:
+    name: str
+    source: str  # original | augmented
+    model_version: str  # every shard predicts with this one, even if LATEST moves meanwhile
+    work_prefix: str
+    inputs: int = 0
+    shards: list[Shard] = field(default_factory=list)
+    created_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc))
+
+
+@dataclass
+class PredictShardResult:
+    index: int
+    rows_key: str
+    images: int = 0
+    seconds: float = 0.0
+    peak_rss_mb: float = 0.0
+
+
+@dataclass
+class PredictResult:
+    plan: PredictPlan
+    shards: list[PredictShardResult]
+    rows: int = 0
+    agreement: dict[str, float | None] = field(default_factory=dict)  # with the catalog's labels
+    distribution: dict[str, list[tuple[str, int]]] = field(default_factory=dict)  # top labels per head
+    preview: list[dict] = field(default_factory=list)
+
+
+def input_table(store: ObjectStore, name: str, source: str) -> pa.Table:
+    """(id, variant, key) of the set's images, or of its newest augmented set."""
+    if source == "original":
+        manifest = read_manifest(store, name).select(["id", "key"])
+        variant = pa.array([0] * manifest.num_rows, pa.int32())
+        return pa.table({"id": manifest.column("id"), "variant": variant, "key": manifest.column("key")},
+                        schema=INPUT_SCHEMA)
+    digest = store.get_bytes(latest_pointer(name)).decode().strip()
+    return read_parquet(store, augmented_prefix(name, digest) + "manifest.parquet").select(INPUT_SCHEMA.names)
+
+
+def plan_predictions(store: ObjectStore, name: str, source: str, work_prefix: str, shard_size: int) -> PredictPlan:
+    plan = PredictPlan(name=name, source=source, model_version=latest_version(store), work_prefix=work_prefix)
+    inputs = input_table(store, name, source)
+    plan.inputs = inputs.num_rows
+    writer = ShardWriter(store, work_prefix, INPUT_SCHEMA, shard_size)
+    writer.add(inputs.to_pylist())
+    plan.shards = writer.close()
+    return plan
+
+
+def predict_shard(
+    store: ObjectStore, plan: PredictPlan, shard: Shard, batch_size: int, io_workers: int,
+    on_batch: Callable[[int], None] = lambda n: None,
+) -> PredictShardResult:
+    """Classify one shard's images (decoding in parallel, prefetching) and write its rows."""
+    from .ml.predict import predict_rows  # TensorFlow: only the steps that predict import it
+
+    result = PredictShardResult(index=shard.index, rows_key=shard.key.replace("shard-", "rows-"))
+    started = time.monotonic()
+    inputs = read_parquet(store, shard.key).to_pylist()
+    with tempfile.TemporaryDirectory(prefix="fashion-predict-") as workdir:
+        model = load_version(store, plan.model_version, workdir)
+        read = bounded_map(lambda i: (i, store.get_bytes(inputs[i]["key"])), range(len(inputs)), io_workers)
+        predicted = dict(predict_rows(model, read, batch_size, on_batch=on_batch))
+    rows = [{"image_set": plan.name, "source": plan.source, "id": item["id"], "variant": item["variant"],
+             "model_version": plan.model_version, **predicted[i], "created_at": plan.created_at}
+            for i, item in enumerate(inputs)]
+    write_parquet(store, result.rows_key, pa.Table.from_pylist(rows, schema=PREDICTION_SCHEMA))
+    result.images = len(rows)
+    result.seconds = time.monotonic() - started
+    result.peak_rss_mb = peak_rss_mb()
+    return result
+
+
+def commit_predictions(
+    engine: sa.Engine, store: ObjectStore, plan: PredictPlan, shards: list[PredictShardResult], io_workers: int = 16
+) -> PredictResult:
+    """Replace the partition's rows, all or nothing, then write the Parquet copy."""
+    done = sorted(shards, key=lambda s: s.index)
+    if [s.index for s in done] != [s.index for s in plan.shards]:
+        raise RuntimeError(f"predictions for {plan.name!r}: {len(done)} of {len(plan.shards)} shards reported; "
+                           "re-execute the failed shards")
+    result = PredictResult(plan=plan, shards=done)
+    # Agreement counts only products whose catalog label the model can predict (not folded into "other").
+    known = {h: set(classes) for h, classes in model_labels(store, plan.model_version)["heads"].items()}
+    counts = {h: collections.Counter() for h in HEADS}
+    agree = {h: [0, 0] for h in HEADS}  # [agreeing, comparable]
+    with engine.begin() as conn:  # this partition's rows only, all or nothing
+        conn.execute(predictions_table.delete().where(predictions_table.c.image_set == plan.name))
+        for shard in done:
+            rows = read_parquet(store, shard.rows_key).to_pylist()
+            for start in range(0, len(rows), INSERT_CHUNK):
+                conn.execute(predictions_table.insert(), rows[start:start + INSERT_CHUNK])
+            catalog = _catalog_labels(conn, [r["id"] for r in rows])
+            for row in rows:
+                for head in HEADS:
+                    label = row[f"{head}_label"]
+                    counts[head][label] += 1
+                    truth = catalog.get(row["id"], {}).get(head)
+                    if truth in known[head]:
+                        agree[head][0] += label == truth
+                        agree[head][1] += 1
+            result.rows += len(rows)
+            if len(result.preview) < 10:
+                result.preview += rows[: 10 - len(result.preview)]
+    parquet, _ = concat_parquet(store, [s.rows_key for s in done], PREDICTION_SCHEMA)
+    store.put_bytes(predictions_key(plan.name), parquet, "application/vnd.apache.parquet")
+    remove_prefix(store, plan.work_prefix, io_workers)
+    result.agreement = {h: (a / n if n else None) for h, (a, n) in agree.items()}
+    result.distribution = {h: counts[h].most_common(10) for h in HEADS}
+    return result
+
+
+def model_labels(store: ObjectStore, version: str) -> dict:
+    return json.loads(store.get_bytes(f"{MODEL_PREFIX}{version}/labels.json"))
+
+
+def _catalog_labels(conn: sa.Connection, ids: list[int]) -> dict[int, dict[str, str | None]]:
+    query = sa.select(products_table.c.id, *[products_table.c[h] for h in HEADS]).where(
+        products_table.c.id.in_(sa.bindparam("ids", expanding=True)))
+    labels = {}
+    for start in range(0, len(ids), 1_000):
+        for row in conn.execute(query, {"ids": ids[start:start + 1_000]}).mappings():
+            labels[row["id"]] = {h: row[h] for h in HEADS}
+    return labels

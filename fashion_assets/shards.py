@@ -1,0 +1,113 @@
+"""Work split into shards, so that one large set becomes many steps (pods on Kubernetes).
+
+A set's work is planned once (which images to copy, augment or predict), cut into shards of
+``shard_size`` items, and each shard's work list is written as Parquet to the store under
+``_work/<run_id>/<asset>/``. Each shard is then one step (``k8s_job_executor`` gives every step
+its own pod), and a last step combines what the shards wrote and removes the work folder.
+Re-executing a failed run from failure re-runs only the shards that failed: their work lists
+are still in the store. Plain module: no Dagster.
+"""
+
+from __future__ import annotations
+
+import io
+import resource
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .parallel import bounded_map
+from .storage import ObjectStore
+
+WORK_ROOT = "_work/"  # scratch space; a bucket lifecycle rule may expire what failed runs leave
+PARQUET = "application/vnd.apache.parquet"
+
+
+def work_prefix(run_id: str, asset: str, partition: str) -> str:
+    return f"{WORK_ROOT}{run_id}/{asset}/{partition}/"
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One shard's work list in the store."""
+
+    index: int
+    key: str
+    items: int
+
+    @property
+    def mapping_key(self) -> str:
+        """A name Dagster accepts in a step key: ``predictions.predict_shard[shard_00003]``."""
+        return f"shard_{self.index:05d}"
+
+
+def write_parquet(store: ObjectStore, key: str, table: pa.Table) -> None:
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="zstd")
+    store.put_bytes(key, buffer.getvalue(), PARQUET)
+
+
+def read_parquet(store: ObjectStore, key: str) -> pa.Table:
+    return pq.read_table(io.BytesIO(store.get_bytes(key)))
+
+
+class ShardWriter:
+    """Cuts a stream of rows into work lists of ``size`` rows each, written as they fill up, so
+    the planner never holds more than one shard's rows."""
+
+    def __init__(self, store: ObjectStore, prefix: str, schema: pa.Schema, size: int):
+        if size < 1:
+            raise ValueError(f"shard_size must be at least 1, got {size}")
+        self.store, self.prefix, self.schema, self.size = store, prefix, schema, size
+        self.shards: list[Shard] = []
+        self._rows: list[dict] = []
+
+    def add(self, rows: Iterable[dict]) -> None:
+        for row in rows:
+            self._rows.append(row)
+            if len(self._rows) == self.size:
+                self._flush()
+
+    def close(self) -> list[Shard]:
+        if self._rows:
+            self._flush()
+        return self.shards
+
+    def _flush(self) -> None:
+        shard = Shard(len(self.shards), f"{self.prefix}shard-{len(self.shards):05d}.parquet", len(self._rows))
+        write_parquet(self.store, shard.key, pa.Table.from_pylist(self._rows, schema=self.schema))
+        self.shards.append(shard)
+        self._rows = []
+
+
+def concat_parquet(store: ObjectStore, keys: Iterable[str], schema: pa.Schema) -> tuple[bytes, int]:
+    """One Parquet file from the shards' parts, in the order given; reads one part at a time."""
+    buffer = io.BytesIO()
+    rows = 0
+    with pq.ParquetWriter(buffer, schema, compression="zstd") as writer:
+        for key in keys:
+            table = read_parquet(store, key).select(schema.names).cast(schema)
+            writer.write_table(table)
+            rows += table.num_rows
+    return buffer.getvalue(), rows
+
+
+def remove_prefix(store: ObjectStore, prefix: str, workers: int = 16) -> int:
+    """Delete every object under ``prefix``; returns how many."""
+    keys = [obj.key for obj in store.list(prefix)]
+    return sum(1 for _ in bounded_map(store.delete, keys, workers))
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (each step is its own process under the
+    multiprocess and Kubernetes executors, so this is the step's peak)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def chunks(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
