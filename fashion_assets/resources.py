@@ -20,7 +20,7 @@ from typing import Any
 
 import dagster as dg
 import sqlalchemy as sa
-from dagster_aws.s3 import S3Resource
+from dagster_aws.s3 import S3PickleIOManager, S3Resource
 from pydantic import Field, PrivateAttr
 
 from . import catalog_db
@@ -214,10 +214,29 @@ def store_from_env() -> ObjectStoreResource:
     return LocalStoreResource(path=_env_or(STORE_URL_ENV, DEFAULT_STORE_PATH))
 
 
+def step_io_manager(store: ObjectStoreResource) -> dg.ConfigurableIOManager | None:
+    """Where steps hand each other their outputs (work lists of shards, plans, per-shard
+    results; a few kilobytes each). Steps of one run share no disk on Kubernetes, one pod each,
+    so with an S3 store they go to the same bucket, under ``<prefix>/_dagster/``. With a local
+    store: Dagster's default, files under DAGSTER_HOME."""
+    if not isinstance(store, S3StoreResource):
+        return None
+    try:
+        bucket, prefix = parse_s3_url(os.environ.get(STORE_URL_ENV, ""))
+    except ValueError as exc:
+        raise ConfigurationError(f"{STORE_URL_ENV}: {exc}") from None
+    return S3PickleIOManager(s3_resource=store, s3_bucket=bucket, s3_prefix=f"{prefix}/_dagster".lstrip("/"))
+
+
 def resources_from_env() -> dict[str, Any]:
     """The resources every asset uses, as the environment configures them."""
-    return {
+    store = store_from_env()
+    resources = {
         "catalog_source": CatalogSource(dataset_dir=_env_or(DATASET_DIR_ENV, str(SAMPLE_CATALOG_DIR))),
         "catalog_db": CatalogDatabase(url=_env_or(CATALOG_URL_ENV, DEFAULT_CATALOG_URL)),
-        "store": store_from_env(),
+        "store": store,
     }
+    io_manager = step_io_manager(store)
+    if io_manager is not None:
+        resources["io_manager"] = io_manager
+    return resources

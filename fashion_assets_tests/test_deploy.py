@@ -33,6 +33,7 @@ import kubernetes_validate
 import pytest
 import yaml
 from referencing import Registry, Resource
+from dagster_k8s.utils import sanitize_k8s_label
 from referencing.jsonschema import DRAFT202012
 
 from .catalog_files import make_dataset
@@ -42,8 +43,9 @@ BIN = Path(sys.executable).parent
 # The chart's published schema and default values, stored beside the checkout (SOURCE.md there).
 CHART_DIR = Path(os.environ.get("FASHION_HELM_CHART_DIR") or ROOT.parent / "shared" / "reference" / "dagster-helm")
 CODE_LOCATION = "fashion_assets.definitions"
-GPU_ASSETS = ("predictions", "fashion_classifier")
-CPU_ASSETS = ("image_set", "products")
+# Step keys in the execution plan; ``[?]`` is a step mapped over shards, one pod per shard.
+GPU_ASSETS = ("predictions.predict_shard_images[?]", "fashion_classifier")
+CPU_ASSETS = ("image_set.copy_image_shard[?]", "products", "predictions.write_predictions")
 VALUES = {"base": ["values.yaml"], "gpu": ["values.yaml", "values-gpu.yaml"]}
 # Kubernetes releases the manifests must be valid for: an older one still common on managed
 # clusters, and the newest kubernetes-validate ships.
@@ -485,6 +487,7 @@ def step_job_manifest(values: dict, loaded: dict, step_key: str, monkeypatch) ->
     import dagster_k8s.executor
     from dagster_k8s.job import construct_dagster_k8s_job
 
+    plan_key, step_key = step_key, step_key.replace("[?]", "[shard_00000]")  # as it runs: one pod per shard
     launcher = run_launcher(values, monkeypatch)
     executor = loaded["executor"]
     assert executor and executor["name"] == "k8s_job_executor", executor
@@ -496,7 +499,7 @@ def step_job_manifest(values: dict, loaded: dict, step_key: str, monkeypatch) ->
     context = SimpleNamespace(
         dagster_run=run,
         instance=init.instance,
-        step_tags={step_key: loaded["steps"][step_key]["tags"]},
+        step_tags={step_key: loaded["steps"][plan_key]["tags"]},
         get_step_context=lambda key: SimpleNamespace(step=SimpleNamespace(op_name=key)),
         execute_step_args=SimpleNamespace(step_keys_to_execute=[step_key], run_id=run.run_id, known_state=None),
     )
@@ -589,7 +592,7 @@ def test_a_gpu_step_job_requests_a_gpu(chart, code_location, variant, asset, mon
         assert pod["nodeSelector"] == {key: value}
     else:
         assert not pod.get("nodeSelector")
-    assert manifest["metadata"]["labels"]["dagster/op"] == asset
+    assert manifest["metadata"]["labels"]["dagster/op"] == sanitize_k8s_label(asset.replace("[?]", "[shard_00000]"))
 
 
 @pytest.mark.parametrize("variant", VALUES)
