@@ -53,6 +53,8 @@ class AugmentPlan:
     work_prefix: str
     source_images: int = 0
     shards: list[Shard] = field(default_factory=list)
+    seconds: float = 0.0  # planning
+    peak_rss_mb: float = 0.0  # of the planning step's process
 
     @property
     def prefix(self) -> str:
@@ -87,6 +89,7 @@ def plan_augmentation(
 ) -> AugmentPlan:
     """Every image of the set whose variants are missing or were made from another version of
     the image goes into the work lists; the rest are up to date and kept."""
+    started = time.monotonic()
     plan = AugmentPlan(name=name, digest=spec_hash(spec, seed), variants=variants, work_prefix=work_prefix)
     source = read_manifest(store, name).select(["id", "key", "md5"]).to_pylist()
     plan.source_images = len(source)
@@ -103,6 +106,8 @@ def plan_augmentation(
     writer = ShardWriter(store, work_prefix, WORK_SCHEMA, shard_size)
     writer.add(row for row in source if not up_to_date(row))
     plan.shards = writer.close()
+    plan.seconds = time.monotonic() - started
+    plan.peak_rss_mb = peak_rss_mb()
     return plan
 
 

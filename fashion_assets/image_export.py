@@ -72,6 +72,7 @@ class ExportPlan:
     stale: int = 0  # images in the set no longer selected: removed after the manifest
     shards: list[Shard] = field(default_factory=list)
     seconds: float = 0.0
+    peak_rss_mb: float = 0.0  # of the planning step's process
     query: QueryStats = field(default_factory=QueryStats)
     preview: list[dict] = field(default_factory=list)
 
@@ -192,6 +193,7 @@ def plan_export(
     write_parquet(store, plan.stale_key, pa.table({"key": pa.array(stale, pa.string())}))
     plan.stale = len(stale)
     plan.seconds = time.monotonic() - started
+    plan.peak_rss_mb = peak_rss_mb()
     return plan
 
 

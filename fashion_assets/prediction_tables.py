@@ -53,6 +53,8 @@ class PredictPlan:
     inputs: int = 0
     shards: list[Shard] = field(default_factory=list)
     created_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc))
+    seconds: float = 0.0  # planning
+    peak_rss_mb: float = 0.0  # of the planning step's process
 
 
 @dataclass
@@ -86,12 +88,15 @@ def input_table(store: ObjectStore, name: str, source: str) -> pa.Table:
 
 
 def plan_predictions(store: ObjectStore, name: str, source: str, work_prefix: str, shard_size: int) -> PredictPlan:
+    started = time.monotonic()
     plan = PredictPlan(name=name, source=source, model_version=latest_version(store), work_prefix=work_prefix)
     inputs = input_table(store, name, source)
     plan.inputs = inputs.num_rows
     writer = ShardWriter(store, work_prefix, INPUT_SCHEMA, shard_size)
     writer.add(inputs.to_pylist())
     plan.shards = writer.close()
+    plan.seconds = time.monotonic() - started
+    plan.peak_rss_mb = peak_rss_mb()
     return plan
 
 

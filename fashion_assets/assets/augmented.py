@@ -2,6 +2,7 @@
 ``augmented_sets``: plan, one step per shard, commit)."""
 
 import base64
+import time
 from typing import Any
 
 import dagster as dg
@@ -22,7 +23,7 @@ from ..progress import Progress
 from ..resources import ObjectStoreResource
 from ..shards import Shard, read_parquet
 from .image_sets import image_queries
-from .sharding import plan_prefix, same_config_for, shard_outputs, shards_table
+from .sharding import plan_prefix, same_config_for, shard_outputs, step_figures
 
 
 class AugmentConfig(dg.Config):
@@ -84,6 +85,7 @@ def write_augmented_manifest(context: dg.OpExecutionContext, config: AugmentConf
                              plan: AugmentPlan, shards: list[AugmentShardResult]) -> dg.Output[None]:
     """Writes the manifest once every shard is done, removes stale variants, moves LATEST."""
     store_ = store.get_store()
+    started = time.monotonic()
     result = commit_augmentation(store_, plan, shards, store.max_concurrency)
     seconds = sum(s.seconds for s in result.shards)
     return dg.Output(None, metadata={
@@ -97,8 +99,7 @@ def write_augmented_manifest(context: dg.OpExecutionContext, config: AugmentConf
         "removed": result.removed,
         "bytes_written": dg.MetadataValue.int(sum(s.bytes_written for s in result.shards)),
         "rate_images_per_s": dg.MetadataValue.float(round(plan.todo / seconds, 1) if seconds else 0.0),
-        "shards": len(result.shards),
-        "shard_rates": shards_table((s.index, s.images, s.seconds, s.peak_rss_mb) for s in result.shards),
+        **step_figures(plan, started, result.shards),
         "location": store_.uri(plan.prefix),
         "contact_sheet": dg.MetadataValue.md(
             f"Originals (left) and their variants.\n\n![contact sheet](data:image/png;base64,"

@@ -4,9 +4,9 @@ Thin wiring around ``image_export`` (plan, shards, commit); the query runs in ``
 """
 
 import collections
+import time
 
 import dagster as dg
-
 from pydantic import Field
 
 from ..image_export import ExportPlan, ShardResult, commit_export, export_shard, manifest_key, plan_export, read_manifest
@@ -16,7 +16,7 @@ from ..reporting import markdown_table
 from ..resources import CatalogDatabase, ObjectStoreResource
 from ..shards import Shard
 from ..sql_sandbox import DEFAULT_TIMEOUT_S, SqlSandbox
-from .sharding import DEFAULT_SHARD_SIZE, plan_prefix, same_config_for, shard_outputs, shards_table
+from .sharding import DEFAULT_SHARD_SIZE, plan_prefix, same_config_for, shard_outputs, step_figures
 
 image_queries = dg.DynamicPartitionsDefinition(name="image_queries")
 
@@ -67,6 +67,7 @@ def write_image_manifest(context: dg.OpExecutionContext, config: ImageSetConfig,
                          plan: ExportPlan, shards: list[ShardResult]) -> dg.Output[None]:
     """Writes the manifest once every shard is in place, then removes images no longer selected."""
     store_ = store.get_store()
+    started = time.monotonic()
     result = commit_export(store_, plan, shards, config.workers or store.max_concurrency)
     copied, unchanged = result.total("copied"), result.total("unchanged")
     context.log.info(f"{plan.exported:,} images in the set: {copied:,} copied, {unchanged:,} unchanged, "
@@ -90,8 +91,7 @@ def write_image_manifest(context: dg.OpExecutionContext, config: ImageSetConfig,
         "query_seconds": dg.MetadataValue.float(round(plan.query.seconds, 3)),
         "query_chunks": plan.query.chunks,
         "query_columns": ", ".join(plan.columns),
-        "shards": len(result.shards),
-        "shard_rates": shards_table((s.index, s.images, s.seconds, s.peak_rss_mb) for s in result.shards),
+        **step_figures(plan, started, result.shards),
         "manifest": store_.uri(manifest_key(plan.name)),
         "preview": dg.MetadataValue.md(
             markdown_table(preview_columns, [[row.get(c) for c in preview_columns] for row in plan.preview])

@@ -1,6 +1,7 @@
 """``predictions``: the classifier over a query's images, as a SQL table and Parquet (thin
 wiring around ``prediction_tables``: plan, one GPU step per shard, commit)."""
 
+import time
 from typing import Literal
 
 import dagster as dg
@@ -23,7 +24,7 @@ from ..reporting import markdown_table
 from ..resources import CatalogDatabase, ObjectStoreResource
 from ..shards import Shard, read_parquet
 from .image_sets import image_queries
-from .sharding import plan_prefix, same_config_for, shard_outputs, shards_table
+from .sharding import plan_prefix, same_config_for, shard_outputs, step_figures
 
 
 class PredictionsConfig(dg.Config):
@@ -66,6 +67,7 @@ def write_predictions(context: dg.OpExecutionContext, config: PredictionsConfig,
                       store: ObjectStoreResource, plan: PredictPlan, shards: list[PredictShardResult]) -> dg.Output[None]:
     """Replaces the partition's rows in one transaction and writes the Parquet copy."""
     store_ = store.get_store()
+    started = time.monotonic()
     result = commit_predictions(catalog_db.engine, store_, plan, shards, store.max_concurrency)
     seconds = sum(s.seconds for s in result.shards)
     preview_columns = ["id", "variant", *[f"{h}_label" for h in HEADS], "article_type_confidence"]
@@ -74,8 +76,7 @@ def write_predictions(context: dg.OpExecutionContext, config: PredictionsConfig,
         "source": plan.source,
         "model_version": plan.model_version,
         "rate_images_per_s": dg.MetadataValue.float(round(result.rows / seconds, 1) if seconds else 0.0),
-        "shards": len(result.shards),
-        "shard_rates": shards_table((s.index, s.images, s.seconds, s.peak_rss_mb) for s in result.shards),
+        **step_figures(plan, started, result.shards),
         **{f"agreement_{h}": dg.MetadataValue.float(round(a, 4)) for h, a in result.agreement.items() if a is not None},
         **{f"labels_{h}": dg.MetadataValue.md(markdown_table([h, "images"], result.distribution[h])) for h in HEADS},
         "preview": dg.MetadataValue.md(markdown_table(

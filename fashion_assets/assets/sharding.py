@@ -7,12 +7,13 @@ asset's config once and hands it to each op (``same_config_for``), so run config
 shape ``ops: {<asset>: {config: {...}}}``.
 """
 
+import time
 from collections.abc import Iterable, Iterator
 
 import dagster as dg
 
 from ..reporting import markdown_table
-from ..shards import Shard, work_prefix
+from ..shards import Shard, peak_rss_mb, work_prefix
 
 DEFAULT_SHARD_SIZE = 50_000
 
@@ -33,6 +34,22 @@ def plan_prefix(context: dg.OpExecutionContext, asset: str) -> str:
 def shard_outputs(shards: Iterable[Shard]) -> Iterator[dg.DynamicOutput]:
     for shard in shards:
         yield dg.DynamicOutput(shard, output_name="shards", mapping_key=shard.mapping_key)
+
+
+def step_figures(plan, commit_started: float, shards: list) -> dict:
+    """Where the time and memory went: the planning step, each shard step, the commit step.
+    The plan and the commit run once per set whatever the number of pods, so they bound how far
+    more shards help (see docs/scaling.md)."""
+    return {
+        "shards": len(shards),
+        "shard_rates": shards_table((s.index, s.images, s.seconds, s.peak_rss_mb) for s in shards),
+        "plan_seconds": dg.MetadataValue.float(round(plan.seconds, 2)),
+        "plan_peak_rss_mb": dg.MetadataValue.float(round(plan.peak_rss_mb, 1)),
+        "shard_seconds_max": dg.MetadataValue.float(round(max((s.seconds for s in shards), default=0.0), 2)),
+        "shard_peak_rss_mb_max": dg.MetadataValue.float(round(max((s.peak_rss_mb for s in shards), default=0.0), 1)),
+        "commit_seconds": dg.MetadataValue.float(round(time.monotonic() - commit_started, 2)),
+        "commit_peak_rss_mb": dg.MetadataValue.float(round(peak_rss_mb(), 1)),
+    }
 
 
 def shards_table(rows: Iterable[tuple]) -> dg.MetadataValue:
