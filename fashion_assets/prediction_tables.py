@@ -62,7 +62,8 @@ class PredictShardResult:
     index: int
     rows_key: str
     images: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0  # reading, decoding and predicting: what the rate is of
+    model_load_seconds: float = 0.0  # once per shard step
     peak_rss_mb: float = 0.0
 
 
@@ -108,10 +109,12 @@ def predict_shard(
     from .ml.predict import predict_rows  # TensorFlow: only the steps that predict import it
 
     result = PredictShardResult(index=shard.index, rows_key=shard.key.replace("shard-", "rows-"))
-    started = time.monotonic()
     inputs = read_parquet(store, shard.key).to_pylist()
     with tempfile.TemporaryDirectory(prefix="fashion-predict-") as workdir:
+        started = time.monotonic()
         model = load_version(store, plan.model_version, workdir)
+        result.model_load_seconds = time.monotonic() - started
+        started = time.monotonic()
         read = bounded_map(lambda i: (i, store.get_bytes(inputs[i]["key"])), range(len(inputs)), io_workers)
         predicted = dict(predict_rows(model, read, batch_size, on_batch=on_batch))
     rows = [{"image_set": plan.name, "source": plan.source, "id": item["id"], "variant": item["variant"],

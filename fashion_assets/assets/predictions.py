@@ -77,6 +77,8 @@ def write_predictions(context: dg.OpExecutionContext, config: PredictionsConfig,
         "model_version": plan.model_version,
         "rate_images_per_s": dg.MetadataValue.float(round(result.rows / seconds, 1) if seconds else 0.0),
         **step_figures(plan, started, result.shards),
+        "model_load_seconds": dg.MetadataValue.float(round(max(s.model_load_seconds for s in result.shards), 2)
+                                                     if result.shards else 0.0),
         **{f"agreement_{h}": dg.MetadataValue.float(round(a, 4)) for h, a in result.agreement.items() if a is not None},
         **{f"labels_{h}": dg.MetadataValue.md(markdown_table([h, "images"], result.distribution[h])) for h in HEADS},
         "preview": dg.MetadataValue.md(markdown_table(
