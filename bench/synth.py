@@ -134,13 +134,10 @@ def _materialize(env: dict, selection: str, partition: str | None = None, config
 def _metadata(asset: str, partition: str | None) -> dict:
     import dagster as dg
 
+    from fashion_assets.cli import latest_metadata
+
     with dg.DagsterInstance.get() as instance:
-        records = instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition] if partition else None),
-            limit=1,
-        ).records
-        metadata = records[0].asset_materialization.metadata
-    return {k: v.value for k, v in metadata.items()}
+        return latest_metadata(instance, asset, partition)
 
 
 def _decode_rate(store_dir: Path, image_size: int, n: int = 5000) -> float:

@@ -100,7 +100,7 @@ def cmd_query_remove(args: argparse.Namespace) -> int:
 CATALOG_ASSETS = ("products", "product_images")
 
 
-def _latest_metadata(instance: dg.DagsterInstance, key: str, partition: str | None = None) -> dict:
+def latest_metadata(instance: dg.DagsterInstance, key: str, partition: str | None = None) -> dict:
     records = instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=dg.AssetKey(key), asset_partitions=[partition] if partition else None),
         limit=1,
@@ -112,18 +112,18 @@ def _latest_metadata(instance: dg.DagsterInstance, key: str, partition: str | No
 
 def cmd_summary(args: argparse.Namespace) -> int:
     with dg.DagsterInstance.get() as instance:
-        products = _latest_metadata(instance, "products")
-        images = _latest_metadata(instance, "product_images")
+        products = latest_metadata(instance, "products")
+        images = latest_metadata(instance, "product_images")
         image_sets = {
             name: meta
             for name in sorted(instance.get_dynamic_partitions(image_queries.name))
-            if (meta := _latest_metadata(instance, "image_set", name))
+            if (meta := latest_metadata(instance, "image_set", name))
         }
-        model = _latest_metadata(instance, "fashion_classifier")
+        model = latest_metadata(instance, "fashion_classifier")
         predicted = {
             name: meta
             for name in image_sets
-            if (meta := _latest_metadata(instance, "predictions", name))
+            if (meta := latest_metadata(instance, "predictions", name))
         }
     if not products:
         print("No catalog yet: run `make demo` (or materialise `products` in the UI).", file=sys.stderr)
