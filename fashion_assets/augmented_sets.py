@@ -21,7 +21,7 @@ from .augment import augment_in_parallel, contact_sheet, spec_hash
 from .image_export import read_manifest
 from .parallel import bounded_map
 from .queries import image_set_prefix
-from .shards import Shard, ShardWriter, peak_rss_mb, read_parquet, remove_prefix, write_parquet
+from .shards import Shard, ShardStats, ShardWriter, in_plan_order, peak_rss_mb, read_parquet, remove_prefix, write_parquet
 from .storage import ObjectStore
 
 AUGMENTED_SCHEMA = pa.schema([
@@ -66,12 +66,8 @@ class AugmentPlan:
 
 
 @dataclass
-class AugmentShardResult:
-    index: int
-    images: int = 0
+class AugmentShardResult(ShardStats):
     bytes_written: int = 0
-    seconds: float = 0.0
-    peak_rss_mb: float = 0.0
 
 
 @dataclass
@@ -145,10 +141,7 @@ def commit_augmentation(
 ) -> AugmentResult:
     """The manifest lists every variant of every image of the set; it goes in once every shard
     is done, then stale variants go, then ``LATEST`` moves to this spec."""
-    done = sorted(shards, key=lambda s: s.index)
-    if [s.index for s in done] != [s.index for s in plan.shards]:
-        raise RuntimeError(f"augmented set {plan.name!r}: {len(done)} of {len(plan.shards)} shards reported; "
-                           "re-execute the failed shards")
+    done = in_plan_order(plan.shards, shards, f"augmented set {plan.name!r}")
     source = read_manifest(store, plan.name).select(["id", "key", "md5"])
     # One row per (image, variant): row i of the set, variant k, at i * variants + k.
     repeated = source.take(pa.array(np.repeat(np.arange(source.num_rows), plan.variants)))

@@ -24,7 +24,18 @@ import sqlalchemy as sa
 from .catalog_db import product_images, products
 from .parallel import bounded_map
 from .queries import image_set_prefix
-from .shards import PARQUET, Shard, ShardWriter, concat_parquet, peak_rss_mb, read_parquet, remove_prefix, write_parquet
+from .shards import (
+    PARQUET,
+    Shard,
+    ShardStats,
+    ShardWriter,
+    concat_parquet,
+    in_plan_order,
+    peak_rss_mb,
+    read_parquet,
+    remove_prefix,
+    write_parquet,
+)
 from .sql_sandbox import QueryStats, SqlRejected, SqlSandbox
 from .storage import ObjectStore
 
@@ -82,28 +93,18 @@ class ExportPlan:
 
 
 @dataclass
-class ShardResult:
-    """What one shard step did."""
-
-    index: int
-    images: int = 0
+class ExportShardResult(ShardStats):
     copied: int = 0
     unchanged: int = 0
     bytes_total: int = 0
     bytes_copied: int = 0
-    seconds: float = 0.0
-    peak_rss_mb: float = 0.0
-    manifest_key: str = ""
-
-    @property
-    def rate(self) -> float:
-        return self.images / self.seconds if self.seconds else 0.0
+    manifest_key: str = ""  # the shard's part of the manifest
 
 
 @dataclass
 class ExportResult:
     plan: ExportPlan
-    shards: list[ShardResult]
+    shards: list[ExportShardResult]
     removed: int = 0
     seconds: float = 0.0  # from the plan's start to the manifest
 
@@ -199,10 +200,10 @@ def plan_export(
 
 def export_shard(
     store: ObjectStore, shard: Shard, workers: int, on_progress: Callable[[int], None] = lambda n: None
-) -> ShardResult:
+) -> ExportShardResult:
     """Put one shard's images in place (server-side copies on S3, hard links locally), skipping
     those already there with the catalog's MD5; write the shard's part of the manifest."""
-    result = ShardResult(index=shard.index, manifest_key=shard.key.replace("shard-", "manifest-"))
+    result = ExportShardResult(index=shard.index, manifest_key=shard.key.replace("shard-", "manifest-"))
     started = time.monotonic()
     items = read_parquet(store, shard.key).to_pylist()
 
@@ -227,13 +228,10 @@ def export_shard(
     return result
 
 
-def commit_export(store: ObjectStore, plan: ExportPlan, shards: list[ShardResult], workers: int) -> ExportResult:
+def commit_export(store: ObjectStore, plan: ExportPlan, shards: list[ExportShardResult], workers: int) -> ExportResult:
     """Write the manifest once every shard's images are in place, then remove what is no longer
     selected, then the work lists: a failure at any point leaves a manifest that tells the truth."""
-    done = sorted(shards, key=lambda s: s.index)
-    if [s.index for s in done] != [s.index for s in plan.shards]:
-        raise RuntimeError(f"image set {plan.name!r}: {len(done)} of {len(plan.shards)} shards reported; "
-                           "re-execute the failed shards")
+    done = in_plan_order(plan.shards, shards, f"image set {plan.name!r}")
     manifest, rows = concat_parquet(store, [s.manifest_key for s in done], MANIFEST_SCHEMA)
     store.put_bytes(manifest_key(plan.name), manifest, PARQUET)
     stale = read_parquet(store, plan.stale_key).column("key").to_pylist()

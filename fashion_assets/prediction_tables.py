@@ -27,7 +27,17 @@ from .ml.artifacts import MODEL_PREFIX, latest_version, load_version
 from .ml.labels import HEADS
 from .parallel import bounded_map
 from .queries import image_set_prefix
-from .shards import Shard, ShardWriter, concat_parquet, peak_rss_mb, read_parquet, remove_prefix, write_parquet
+from .shards import (
+    Shard,
+    ShardStats,
+    ShardWriter,
+    concat_parquet,
+    in_plan_order,
+    peak_rss_mb,
+    read_parquet,
+    remove_prefix,
+    write_parquet,
+)
 from .storage import ObjectStore
 
 INPUT_SCHEMA = pa.schema([("id", pa.int64()), ("variant", pa.int32()), ("key", pa.string())])
@@ -58,13 +68,11 @@ class PredictPlan:
 
 
 @dataclass
-class PredictShardResult:
-    index: int
-    rows_key: str
-    images: int = 0
-    seconds: float = 0.0  # reading, decoding and predicting: what the rate is of
+class PredictShardResult(ShardStats):
+    """``seconds`` is reading, decoding and predicting: what the rate is of."""
+
     model_load_seconds: float = 0.0  # once per shard step
-    peak_rss_mb: float = 0.0
+    rows_key: str = ""  # the shard's rows, as Parquet
 
 
 @dataclass
@@ -131,10 +139,7 @@ def commit_predictions(
     engine: sa.Engine, store: ObjectStore, plan: PredictPlan, shards: list[PredictShardResult], io_workers: int = 16
 ) -> PredictResult:
     """Replace the partition's rows, all or nothing, then write the Parquet copy."""
-    done = sorted(shards, key=lambda s: s.index)
-    if [s.index for s in done] != [s.index for s in plan.shards]:
-        raise RuntimeError(f"predictions for {plan.name!r}: {len(done)} of {len(plan.shards)} shards reported; "
-                           "re-execute the failed shards")
+    done = in_plan_order(plan.shards, shards, f"predictions for {plan.name!r}")
     result = PredictResult(plan=plan, shards=done)
     # Agreement counts only products whose catalog label the model can predict (not folded into "other").
     known = {h: set(classes) for h, classes in model_labels(store, plan.model_version)["heads"].items()}

@@ -15,6 +15,7 @@ import resource
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -42,6 +43,31 @@ class Shard:
     def mapping_key(self) -> str:
         """A name Dagster accepts in a step key: ``predictions.predict_shard[shard_00003]``."""
         return f"shard_{self.index:05d}"
+
+
+@dataclass
+class ShardStats:
+    """What one shard step did: the figures every sharded asset reports per shard."""
+
+    index: int
+    images: int = 0
+    seconds: float = 0.0
+    peak_rss_mb: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        return self.images / self.seconds if self.seconds else 0.0
+
+
+S = TypeVar("S", bound=ShardStats)
+
+
+def in_plan_order(planned: list[Shard], results: list[S], what: str) -> list[S]:
+    """The shards' results in plan order; the commit goes ahead only when every shard reported."""
+    done = sorted(results, key=lambda r: r.index)
+    if [r.index for r in done] != [s.index for s in planned]:
+        raise RuntimeError(f"{what}: {len(done)} of {len(planned)} shards reported; re-execute the failed shards")
+    return done
 
 
 def write_parquet(store: ObjectStore, key: str, table: pa.Table) -> None:

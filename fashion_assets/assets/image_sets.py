@@ -9,7 +9,15 @@ import time
 import dagster as dg
 from pydantic import Field
 
-from ..image_export import ExportPlan, ShardResult, commit_export, export_shard, manifest_key, plan_export, read_manifest
+from ..image_export import (
+    ExportPlan,
+    ExportShardResult,
+    commit_export,
+    export_shard,
+    manifest_key,
+    plan_export,
+    read_manifest,
+)
 from ..progress import Progress
 from ..queries import QueryRegistry
 from ..reporting import markdown_table
@@ -54,7 +62,7 @@ def select_images(context: dg.OpExecutionContext, config: ImageSetConfig, catalo
 
 @dg.op
 def copy_image_shard(context: dg.OpExecutionContext, config: ImageSetConfig, store: ObjectStoreResource,
-                     shard: Shard) -> ShardResult:
+                     shard: Shard) -> ExportShardResult:
     """Copies one shard's images into the set: server-side on S3, hard links locally."""
     progress = Progress(f"image_set[{context.partition_key}] shard {shard.index}", shard.items, context.log.info)
     result = export_shard(store.get_store(), shard, config.workers or store.max_concurrency, progress.advance)
@@ -64,7 +72,7 @@ def copy_image_shard(context: dg.OpExecutionContext, config: ImageSetConfig, sto
 
 @dg.op
 def write_image_manifest(context: dg.OpExecutionContext, config: ImageSetConfig, store: ObjectStoreResource,
-                         plan: ExportPlan, shards: list[ShardResult]) -> dg.Output[None]:
+                         plan: ExportPlan, shards: list[ExportShardResult]) -> dg.Output[None]:
     """Writes the manifest once every shard is in place, then removes images no longer selected."""
     store_ = store.get_store()
     started = time.monotonic()
