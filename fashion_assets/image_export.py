@@ -210,7 +210,10 @@ def export_shard(
     def copy_one(item: dict) -> tuple[dict, bool]:
         if item["stored_md5"] == item["md5"]:
             return item, False
-        store.copy(item["source_key"], item["key"])
+        try:
+            store.copy(item["source_key"], item["key"])
+        except Exception as exc:  # S3 says "NoSuchKey" without the key: name it
+            raise RuntimeError(f"copying {store.uri(item['source_key'])} to {store.uri(item['key'])}: {exc}") from exc
         return item, True
 
     for item, copied in bounded_map(copy_one, items, workers):

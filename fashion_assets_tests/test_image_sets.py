@@ -8,9 +8,10 @@ import sqlalchemy as sa
 
 from fashion_assets.assets.catalog import product_images, products
 from fashion_assets.assets.image_sets import image_queries, image_set, image_set_matches_manifest
-from fashion_assets.image_export import manifest_key, read_manifest
+from fashion_assets.image_export import commit_export, export_shard, manifest_key, plan_export, read_manifest
 from fashion_assets.queries import QueryRegistry
 from fashion_assets.sensors import image_query_sensor
+from fashion_assets.sql_sandbox import SqlSandbox
 
 from .catalog_files import make_dataset
 
@@ -107,6 +108,34 @@ def test_a_set_split_into_shards_is_the_same_set(catalog):
 
     changed = meta(run_set(catalog, "sharded", "SELECT id FROM products WHERE id > 3", config={"shard_size": 4}))
     assert (changed["shards"], changed["copied"], changed["unchanged"], changed["removed"]) == (2, 0, 6, 3)
+
+
+def test_a_failed_shard_keeps_the_previous_set_and_a_retry_finishes_it(catalog):
+    """What *re-execute from failure* does: the shard that failed runs again from its work list,
+    the shards that succeeded are not redone, and only then does the manifest change."""
+    backend = catalog[0]
+    run_set(catalog, "retry", "SELECT id FROM products WHERE id < 4")
+    store = backend.store()
+    before = store.get_bytes(manifest_key("retry"))
+    sandbox = SqlSandbox(backend.engine())
+    plan = plan_export("retry", "SELECT id FROM products ORDER BY id", sandbox, store, "_work/r1/image_set/retry/", 4)
+    assert [s.items for s in plan.shards] == [4, 4, 1]
+
+    ninth = store.get_bytes("catalog/images/9.jpg")
+    store.delete("catalog/images/9.jpg")  # the last shard's only image: its copy fails
+    done = [export_shard(store, shard, workers=4) for shard in plan.shards[:2]]
+    with pytest.raises(Exception, match="9.jpg"):
+        export_shard(store, plan.shards[2], workers=4)
+    with pytest.raises(RuntimeError, match="2 of 3 shards reported"):
+        commit_export(store, plan, done, workers=4)
+    assert store.get_bytes(manifest_key("retry")) == before  # still the previous set, which is all there
+
+    store.put_bytes("catalog/images/9.jpg", ninth)
+    done.append(export_shard(store, plan.shards[2], workers=4))
+    result = commit_export(store, plan, done, workers=4)
+    assert result.total("copied") == 6 and result.removed == 0  # ids 1-3 were in place already
+    assert [r["id"] for r in read_manifest(store, "retry").to_pylist()] == list(range(1, 10))
+    assert not list(store.list("_work/"))
 
 
 def test_duplicate_and_imageless_ids(catalog):
