@@ -61,6 +61,10 @@ class AugmentPlan:
         return augmented_prefix(self.name, self.digest)
 
     @property
+    def stale_key(self) -> str:
+        return self.work_prefix + "stale.parquet"
+
+    @property
     def todo(self) -> int:
         return sum(s.items for s in self.shards)
 
@@ -102,6 +106,10 @@ def plan_augmentation(
     writer = ShardWriter(store, work_prefix, WORK_SCHEMA, shard_size)
     writer.add(row for row in source if not up_to_date(row))
     plan.shards = writer.close()
+    # Variants of images no longer in the set (or beyond `variants`): removed after the manifest.
+    # Found here, from the one listing the plan makes, not by listing the set again at commit.
+    wanted = {variant_key(plan.prefix, row["id"], k) for row in source for k in range(variants)}
+    write_parquet(store, plan.stale_key, pa.table({"key": pa.array(sorted(existing - wanted), pa.string())}))
     plan.seconds = time.monotonic() - started
     plan.peak_rss_mb = peak_rss_mb()
     return plan
@@ -152,8 +160,7 @@ def commit_augmentation(
                       "source_key": repeated.column("key"), "source_md5": repeated.column("md5")},
                      schema=AUGMENTED_SCHEMA)
     write_parquet(store, plan.prefix + "manifest.parquet", table)
-    wanted = set(keys)
-    stale = [obj.key for obj in store.list(plan.prefix) if obj.key.endswith(".jpg") and obj.key not in wanted]
+    stale = read_parquet(store, plan.stale_key).column("key").to_pylist()
     removed = sum(1 for _ in bounded_map(store.delete, stale, io_workers))
     store.put_bytes(latest_pointer(plan.name), plan.digest.encode(), "text/plain")
     remove_prefix(store, plan.work_prefix, io_workers)

@@ -113,6 +113,12 @@ def test_augment_train_predict(pipeline):
     assert again["augmented_now"] == 0 and again["up_to_date"] == 9
     assert {o.key: o.md5 for o in store.list(prefix) if o.key.endswith(".jpg")} == first
 
+    fewer = meta(run([augmented_set], {augmented_set: {"variants": 1, "seed": 3}}), "augmented_set")
+    assert (fewer["dagster/row_count"], fewer["augmented_now"], fewer["removed"]) == (9, 0, 9)  # the _1 variants go
+    assert len([o for o in store.list(prefix) if o.key.endswith(".jpg")]) == 9
+    back = meta(run([augmented_set], {augmented_set: {"variants": 2, "seed": 3}}), "augmented_set")
+    assert (back["dagster/row_count"], back["augmented_now"], back["removed"]) == (18, 9, 0)
+
     trained = run([fashion_classifier], {fashion_classifier: TINY_MODEL}, partition=None)
     model_meta = meta(trained, "fashion_classifier")
     assert model_meta["image_size"] == 32 and 0 <= model_meta["article_type_accuracy"] <= 1
