@@ -15,6 +15,7 @@ from fashion_assets.resources import CatalogDatabase, CatalogSource, LocalStoreR
 from fashion_assets.storage import ObjectStore
 
 from . import servers
+from .dagster_dev import dagster_dev, pytest_collection_modifyitems  # noqa: F401  (test_e2e, test_browser)
 
 # The full dataset beside the checkout (developers' machines and CI); FASHION_TEST_DATASET overrides.
 SHARED_DATASET = Path(
