@@ -174,7 +174,7 @@ def rehearse(dataset: Path, shard_size: int, model_uri: str | None, work: Path) 
 
     figures = {"shard_size": shard_size, "cores": os.cpu_count(), "wall_seconds": walls}
     catalog = _metadata("product_images", None)
-    figures["catalog"] = {k: catalog.get(k) for k in ("stored", "dagster/row_count", "rate_images_per_s", "bytes")}
+    figures["catalog"] = {k: catalog.get(k) for k in ("images_stored", "rate_images_per_s", "bytes_stored")}
     for asset in ("image_set", "augmented_set", "predictions"):
         m = _metadata(asset, "everything")
         figures[asset] = {k: m.get(k) for k in ("dagster/row_count", "shards", "plan_seconds", "plan_peak_rss_mb",
