@@ -10,6 +10,8 @@ STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # A local Dagster instance (SQLite, no server) so `make dev` shows the runs `make demo` made.
 export DAGSTER_HOME ?= $(CURDIR)/data/dagster_home
+# TensorFlow's C++ start-up notices (oneDNN, CPU features) say nothing a user acts on.
+export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: install demo test dev postgres browser clean
 
