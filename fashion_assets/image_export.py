@@ -106,14 +106,9 @@ class ExportResult:
     plan: ExportPlan
     shards: list[ExportShardResult]
     removed: int = 0
-    seconds: float = 0.0  # from the plan's start to the manifest
 
     def total(self, attribute: str) -> int:
         return sum(getattr(s, attribute) for s in self.shards)
-
-    @property
-    def rate(self) -> float:
-        return self.plan.exported / self.seconds if self.seconds else 0.0
 
 
 def _lookup(engine: sa.Engine, ids: list[int]) -> dict[int, dict]:

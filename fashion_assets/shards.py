@@ -13,7 +13,7 @@ from __future__ import annotations
 import io
 import resource
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -53,10 +53,6 @@ class ShardStats:
     images: int = 0
     seconds: float = 0.0
     peak_rss_mb: float = 0.0
-
-    @property
-    def rate(self) -> float:
-        return self.images / self.seconds if self.seconds else 0.0
 
 
 S = TypeVar("S", bound=ShardStats)
@@ -133,7 +129,3 @@ def peak_rss_mb() -> float:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
-
-def chunks(items: list, size: int) -> Iterator[list]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
