@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -21,7 +21,19 @@ from .augment import augment_in_parallel, contact_sheet, spec_hash
 from .image_export import read_manifest
 from .parallel import bounded_map
 from .queries import image_set_prefix
-from .shards import Shard, ShardStats, ShardWriter, in_plan_order, peak_rss_mb, read_parquet, remove_prefix, write_parquet
+from .shards import (
+    Shard,
+    ShardPlan,
+    ShardStats,
+    ShardWriter,
+    delete_listed,
+    in_plan_order,
+    peak_rss_mb,
+    read_parquet,
+    remove_prefix,
+    write_keys,
+    write_parquet,
+)
 from .storage import ObjectStore
 
 AUGMENTED_SCHEMA = pa.schema([
@@ -45,24 +57,15 @@ def variant_key(prefix: str, product_id: int, k: int) -> str:
     return f"{prefix}{product_id}_{k}.jpg"
 
 
-@dataclass
-class AugmentPlan:
-    name: str
-    digest: str
+@dataclass(kw_only=True)
+class AugmentPlan(ShardPlan):
+    digest: str  # of spec + seed: names the output folder
     variants: int
-    work_prefix: str
     source_images: int = 0
-    shards: list[Shard] = field(default_factory=list)
-    seconds: float = 0.0  # planning
-    peak_rss_mb: float = 0.0  # of the planning step's process
 
     @property
     def prefix(self) -> str:
         return augmented_prefix(self.name, self.digest)
-
-    @property
-    def stale_key(self) -> str:
-        return self.work_prefix + "stale.parquet"
 
     @property
     def todo(self) -> int:
@@ -109,7 +112,7 @@ def plan_augmentation(
     # Variants of images no longer in the set (or beyond `variants`): removed after the manifest.
     # Found here, from the one listing the plan makes, not by listing the set again at commit.
     wanted = {variant_key(plan.prefix, row["id"], k) for row in source for k in range(variants)}
-    write_parquet(store, plan.stale_key, pa.table({"key": pa.array(sorted(existing - wanted), pa.string())}))
+    write_keys(store, plan.stale_key, existing - wanted)
     plan.seconds = time.monotonic() - started
     plan.peak_rss_mb = peak_rss_mb()
     return plan
@@ -160,8 +163,7 @@ def commit_augmentation(
                       "source_key": repeated.column("key"), "source_md5": repeated.column("md5")},
                      schema=AUGMENTED_SCHEMA)
     write_parquet(store, plan.prefix + "manifest.parquet", table)
-    stale = read_parquet(store, plan.stale_key).column("key").to_pylist()
-    removed = sum(1 for _ in bounded_map(store.delete, stale, io_workers))
+    removed = delete_listed(store, plan.stale_key, io_workers)
     store.put_bytes(latest_pointer(plan.name), plan.digest.encode(), "text/plain")
     remove_prefix(store, plan.work_prefix, io_workers)
 

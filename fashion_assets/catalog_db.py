@@ -99,13 +99,16 @@ def _chunks(rows: Iterable[dict], size: int) -> Iterator[list[dict]]:
         yield chunk
 
 
-def replace_rows(conn: sa.Connection, table: sa.Table, rows: Iterable[dict], on_chunk=None) -> int:
-    """Replace every row of ``table`` with ``rows`` inside the caller's transaction.
+def replace_rows(
+    conn: sa.Connection, table: sa.Table, rows: Iterable[dict], on_chunk=None, where: sa.ColumnElement | None = None
+) -> int:
+    """Replace every row of ``table`` (or those matching ``where``) with ``rows`` inside the
+    caller's transaction.
 
     DELETE + INSERT in one transaction keeps the table, its indexes and grants, and readers see
     the old rows until COMMIT; if anything fails the transaction rolls back to the previous data.
     """
-    conn.execute(table.delete())
+    conn.execute(table.delete() if where is None else table.delete().where(where))
     written = 0
     for chunk in _chunks(rows, INSERT_CHUNK):
         conn.execute(table.insert(), chunk)

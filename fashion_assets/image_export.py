@@ -27,14 +27,16 @@ from .queries import image_set_prefix
 from .shards import (
     PARQUET,
     Shard,
+    ShardPlan,
     ShardStats,
     ShardWriter,
     concat_parquet,
+    delete_listed,
     in_plan_order,
     peak_rss_mb,
     read_parquet,
     remove_prefix,
-    write_parquet,
+    write_keys,
 )
 from .sql_sandbox import QueryStats, SqlRejected, SqlSandbox
 from .storage import ObjectStore
@@ -69,27 +71,19 @@ def set_image_key(name: str, product_id: int) -> str:
 WORK_SCHEMA = MANIFEST_SCHEMA.append(pa.field("stored_md5", pa.string()))
 
 
-@dataclass
-class ExportPlan:
+@dataclass(kw_only=True)
+class ExportPlan(ShardPlan):
     """What the query selected, cut into shards of images to put in place."""
 
-    name: str
-    work_prefix: str
+    sql: str
     columns: list[str] = field(default_factory=list)  # what the query returned
     selected: int = 0  # distinct ids the query returned
     exported: int = 0  # of those, with an image: the set's size
     missing: int = 0  # selected ids without a catalog image
     missing_ids: list[int] = field(default_factory=list)  # the first 100 of them
     stale: int = 0  # images in the set no longer selected: removed after the manifest
-    shards: list[Shard] = field(default_factory=list)
-    seconds: float = 0.0
-    peak_rss_mb: float = 0.0  # of the planning step's process
     query: QueryStats = field(default_factory=QueryStats)
     preview: list[dict] = field(default_factory=list)
-
-    @property
-    def stale_key(self) -> str:
-        return self.work_prefix + "stale.parquet"
 
 
 @dataclass
@@ -98,7 +92,6 @@ class ExportShardResult(ShardStats):
     unchanged: int = 0
     bytes_total: int = 0
     bytes_copied: int = 0
-    manifest_key: str = ""  # the shard's part of the manifest
 
 
 @dataclass
@@ -147,10 +140,10 @@ def plan_export(
 ) -> ExportPlan:
     """Run the query (streamed), look up each selected image, and write the work lists.
 
-    Holds the set's current keys and the selected ids in memory (about 150 bytes an image),
-    never the rows: those go to the work lists a shard at a time.
+    Holds the set's current keys and the selected ids in memory (about 0.4 KB an image,
+    measured: docs/scaling.md), and at most one shard's rows.
     """
-    plan = ExportPlan(name=name, work_prefix=work_prefix)
+    plan = ExportPlan(name=name, sql=sql, work_prefix=work_prefix)
     started = time.monotonic()
     images_prefix = image_set_prefix(name) + "images/"
     stored = {obj.key: obj.md5 for obj in store.list(images_prefix)}
@@ -185,9 +178,8 @@ def plan_export(
         on_progress(len(ids))
     plan.shards = writer.close()
     plan.selected = len(selected_ids)
-    stale = [key for key in stored if _id_of(key, images_prefix) not in selected_ids]
-    write_parquet(store, plan.stale_key, pa.table({"key": pa.array(stale, pa.string())}))
-    plan.stale = len(stale)
+    plan.stale = write_keys(store, plan.stale_key,
+                            (key for key in stored if _id_of(key, images_prefix) not in selected_ids))
     plan.seconds = time.monotonic() - started
     plan.peak_rss_mb = peak_rss_mb()
     return plan
@@ -197,8 +189,9 @@ def export_shard(
     store: ObjectStore, shard: Shard, workers: int, on_progress: Callable[[int], None] = lambda n: None
 ) -> ExportShardResult:
     """Put one shard's images in place (server-side copies on S3, hard links locally), skipping
-    those already there with the catalog's MD5; write the shard's part of the manifest."""
-    result = ExportShardResult(index=shard.index, manifest_key=shard.key.replace("shard-", "manifest-"))
+    those already there with the catalog's MD5. The work list is the shard's part of the
+    manifest already: nothing else to write."""
+    result = ExportShardResult(index=shard.index)
     started = time.monotonic()
     items = read_parquet(store, shard.key).to_pylist()
 
@@ -220,7 +213,6 @@ def export_shard(
         result.bytes_total += item["bytes"]
         on_progress(1)
     result.images = len(items)
-    write_parquet(store, result.manifest_key, pa.Table.from_pylist(items, schema=WORK_SCHEMA))
     result.seconds = time.monotonic() - started
     result.peak_rss_mb = peak_rss_mb()
     return result
@@ -230,10 +222,9 @@ def commit_export(store: ObjectStore, plan: ExportPlan, shards: list[ExportShard
     """Write the manifest once every shard's images are in place, then remove what is no longer
     selected, then the work lists: a failure at any point leaves a manifest that tells the truth."""
     done = in_plan_order(plan.shards, shards, f"image set {plan.name!r}")
-    manifest, rows = concat_parquet(store, [s.manifest_key for s in done], MANIFEST_SCHEMA)
+    manifest = concat_parquet(store, [s.key for s in plan.shards], MANIFEST_SCHEMA)
     store.put_bytes(manifest_key(plan.name), manifest, PARQUET)
-    stale = read_parquet(store, plan.stale_key).column("key").to_pylist()
-    removed = sum(1 for _ in bounded_map(store.delete, stale, workers))
+    removed = delete_listed(store, plan.stale_key, workers)
     remove_prefix(store, plan.work_prefix, workers)
     return ExportResult(plan=plan, shards=done, removed=removed)
 

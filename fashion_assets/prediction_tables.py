@@ -9,29 +9,32 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
+import io
 import json
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import sqlalchemy as sa
 
 from .augmented_sets import augmented_prefix, latest_pointer
-from .catalog_db import INSERT_CHUNK
 from .catalog_db import predictions as predictions_table
 from .catalog_db import products as products_table
+from .catalog_db import replace_rows
 from .image_export import read_manifest
 from .ml.artifacts import MODEL_PREFIX, latest_version, load_version
 from .ml.labels import HEADS
 from .parallel import bounded_map
 from .queries import image_set_prefix
 from .shards import (
+    PARQUET,
     Shard,
+    ShardPlan,
     ShardStats,
     ShardWriter,
-    concat_parquet,
     in_plan_order,
     peak_rss_mb,
     read_parquet,
@@ -54,17 +57,12 @@ def predictions_key(name: str) -> str:
     return image_set_prefix(name) + "predictions.parquet"
 
 
-@dataclass
-class PredictPlan:
-    name: str
+@dataclass(kw_only=True)
+class PredictPlan(ShardPlan):
     source: str  # original | augmented
     model_version: str  # every shard predicts with this one, even if LATEST moves meanwhile
-    work_prefix: str
     inputs: int = 0
-    shards: list[Shard] = field(default_factory=list)
     created_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc))
-    seconds: float = 0.0  # planning
-    peak_rss_mb: float = 0.0  # of the planning step's process
 
 
 @dataclass
@@ -138,48 +136,45 @@ def predict_shard(
 def commit_predictions(
     engine: sa.Engine, store: ObjectStore, plan: PredictPlan, shards: list[PredictShardResult], io_workers: int = 16
 ) -> PredictResult:
-    """Replace the partition's rows, all or nothing, then write the Parquet copy."""
+    """Replace the partition's rows, all or nothing, and write the Parquet copy; each shard's
+    rows are read once. Label counts and agreement are counted by the database."""
     done = in_plan_order(plan.shards, shards, f"predictions for {plan.name!r}")
     result = PredictResult(plan=plan, shards=done)
-    # Agreement counts only products whose catalog label the model can predict (not folded into "other").
-    known = {h: set(classes) for h, classes in model_labels(store, plan.model_version)["heads"].items()}
-    counts = {h: collections.Counter() for h in HEADS}
-    agree = {h: [0, 0] for h in HEADS}  # [agreeing, comparable]
+    buffer = io.BytesIO()
+
+    def rows() -> Iterator[dict]:
+        with pq.ParquetWriter(buffer, PREDICTION_SCHEMA, compression="zstd") as parquet:
+            for shard in done:
+                table = read_parquet(store, shard.rows_key)
+                parquet.write_table(table)
+                if len(result.preview) < 10:
+                    result.preview += table.slice(0, 10 - len(result.preview)).to_pylist()
+                yield from table.to_pylist()
+
+    in_set = predictions_table.c.image_set == plan.name
     with engine.begin() as conn:  # this partition's rows only, all or nothing
-        conn.execute(predictions_table.delete().where(predictions_table.c.image_set == plan.name))
-        for shard in done:
-            rows = read_parquet(store, shard.rows_key).to_pylist()
-            for start in range(0, len(rows), INSERT_CHUNK):
-                conn.execute(predictions_table.insert(), rows[start:start + INSERT_CHUNK])
-            catalog = _catalog_labels(conn, [r["id"] for r in rows])
-            for row in rows:
-                for head in HEADS:
-                    label = row[f"{head}_label"]
-                    counts[head][label] += 1
-                    truth = catalog.get(row["id"], {}).get(head)
-                    if truth in known[head]:
-                        agree[head][0] += label == truth
-                        agree[head][1] += 1
-            result.rows += len(rows)
-            if len(result.preview) < 10:
-                result.preview += rows[: 10 - len(result.preview)]
-    parquet, _ = concat_parquet(store, [s.rows_key for s in done], PREDICTION_SCHEMA)
-    store.put_bytes(predictions_key(plan.name), parquet, "application/vnd.apache.parquet")
+        result.rows = replace_rows(conn, predictions_table, rows(), where=in_set)
+        # Agreement counts only products whose catalog label the model can predict (not folded
+        # into "other").
+        known = model_labels(store, plan.model_version)["heads"]
+        for head in HEADS:
+            predicted = predictions_table.c[f"{head}_label"]
+            counts = conn.execute(
+                sa.select(products_table.c[head], predicted, sa.func.count())
+                .select_from(predictions_table.outerjoin(products_table, products_table.c.id == predictions_table.c.id))
+                .where(in_set).group_by(products_table.c[head], predicted)
+            ).all()
+            by_label: collections.Counter = collections.Counter()
+            for _, label, n in counts:
+                by_label[label] += n
+            comparable = [(truth == label, n) for truth, label, n in counts if truth in known[head]]
+            total = sum(n for _, n in comparable)
+            result.agreement[head] = sum(n for same, n in comparable if same) / total if total else None
+            result.distribution[head] = by_label.most_common(10)
+    store.put_bytes(predictions_key(plan.name), buffer.getvalue(), PARQUET)
     remove_prefix(store, plan.work_prefix, io_workers)
-    result.agreement = {h: (a / n if n else None) for h, (a, n) in agree.items()}
-    result.distribution = {h: counts[h].most_common(10) for h in HEADS}
     return result
 
 
 def model_labels(store: ObjectStore, version: str) -> dict:
     return json.loads(store.get_bytes(f"{MODEL_PREFIX}{version}/labels.json"))
-
-
-def _catalog_labels(conn: sa.Connection, ids: list[int]) -> dict[int, dict[str, str | None]]:
-    query = sa.select(products_table.c.id, *[products_table.c[h] for h in HEADS]).where(
-        products_table.c.id.in_(sa.bindparam("ids", expanding=True)))
-    labels = {}
-    for start in range(0, len(ids), 1_000):
-        for row in conn.execute(query, {"ids": ids[start:start + 1_000]}).mappings():
-            labels[row["id"]] = {h: row[h] for h in HEADS}
-    return labels

@@ -14,7 +14,7 @@ import io
 import resource
 import sys
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import pyarrow as pa
@@ -43,6 +43,23 @@ class Shard:
     def mapping_key(self) -> str:
         """A name Dagster accepts in a step key: ``predictions.predict_shard[shard_00003]``."""
         return f"shard_{self.index:05d}"
+
+
+@dataclass(kw_only=True)
+class ShardPlan:
+    """What every planning step hands on: the work lists, and its own figures. Each sharded
+    asset's plan extends it with what its shards and commit need."""
+
+    name: str  # the partition: the query's name
+    work_prefix: str
+    shards: list[Shard] = field(default_factory=list)
+    seconds: float = 0.0  # planning
+    peak_rss_mb: float = 0.0  # of the planning step's process
+
+    @property
+    def stale_key(self) -> str:
+        """Objects the commit removes once the new manifest is in (see ``write_keys``)."""
+        return self.work_prefix + "stale.parquet"
 
 
 @dataclass
@@ -105,22 +122,36 @@ class ShardWriter:
         self._rows = []
 
 
-def concat_parquet(store: ObjectStore, keys: Iterable[str], schema: pa.Schema) -> tuple[bytes, int]:
-    """One Parquet file from the shards' parts, in the order given; reads one part at a time."""
+def concat_parquet(store: ObjectStore, keys: Iterable[str], schema: pa.Schema) -> bytes:
+    """One Parquet file of ``schema``'s columns from the shards' files, in the order given;
+    reads one at a time."""
     buffer = io.BytesIO()
-    rows = 0
     with pq.ParquetWriter(buffer, schema, compression="zstd") as writer:
         for key in keys:
-            table = read_parquet(store, key).select(schema.names).cast(schema)
-            writer.write_table(table)
-            rows += table.num_rows
-    return buffer.getvalue(), rows
+            writer.write_table(read_parquet(store, key).select(schema.names).cast(schema))
+    return buffer.getvalue()
+
+
+def write_keys(store: ObjectStore, key: str, keys: Iterable[str]) -> int:
+    """A list of object keys as a work file (what a plan found stale); returns how many."""
+    table = pa.table({"key": pa.array(sorted(keys), pa.string())})
+    write_parquet(store, key, table)
+    return table.num_rows
+
+
+def delete_keys(store: ObjectStore, keys: Iterable[str], workers: int = 16) -> int:
+    """Delete ``keys`` on ``workers`` threads; returns how many."""
+    return sum(1 for _ in bounded_map(store.delete, keys, workers))
+
+
+def delete_listed(store: ObjectStore, key: str, workers: int = 16) -> int:
+    """Delete every object a ``write_keys`` file lists."""
+    return delete_keys(store, read_parquet(store, key).column("key").to_pylist(), workers)
 
 
 def remove_prefix(store: ObjectStore, prefix: str, workers: int = 16) -> int:
     """Delete every object under ``prefix``; returns how many."""
-    keys = [obj.key for obj in store.list(prefix)]
-    return sum(1 for _ in bounded_map(store.delete, keys, workers))
+    return delete_keys(store, [obj.key for obj in store.list(prefix)], workers)
 
 
 def peak_rss_mb() -> float:

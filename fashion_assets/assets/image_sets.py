@@ -24,7 +24,7 @@ from ..reporting import markdown_table
 from ..resources import CatalogDatabase, ObjectStoreResource
 from ..shards import Shard
 from ..sql_sandbox import DEFAULT_TIMEOUT_S, SqlSandbox
-from .sharding import DEFAULT_SHARD_SIZE, plan_prefix, same_config_for, shard_outputs, step_figures
+from .sharding import plan_prefix, same_config_for, shard_outputs, step_figures
 
 image_queries = dg.DynamicPartitionsDefinition(name="image_queries")
 
@@ -34,7 +34,7 @@ class ImageSetConfig(dg.Config):
     """Stop the query after this many seconds."""
     workers: int | None = None
     """Parallel copies per shard; default: the store's max_concurrency."""
-    shard_size: int = Field(default=DEFAULT_SHARD_SIZE, ge=1)
+    shard_size: int = Field(default=50_000, ge=1)
     """Images per shard: each shard is one step (one pod on Kubernetes)."""
 
 
@@ -83,7 +83,7 @@ def write_image_manifest(context: dg.OpExecutionContext, config: ImageSetConfig,
     seconds = plan.seconds + sum(s.seconds for s in result.shards)
     preview_columns = ["id", "article_type", "base_colour", "gender", "product_display_name", "key"]
     return dg.Output(None, metadata={
-        "sql": dg.MetadataValue.md(f"```sql\n{QueryRegistry(store_).get(plan.name).strip()}\n```"),
+        "sql": dg.MetadataValue.md(f"```sql\n{plan.sql.strip()}\n```"),
         "dagster/row_count": plan.exported,
         "selected": plan.selected,
         "copied": copied,

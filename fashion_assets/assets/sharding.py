@@ -13,9 +13,7 @@ from collections.abc import Iterable, Iterator
 import dagster as dg
 
 from ..reporting import markdown_table
-from ..shards import Shard, ShardStats, peak_rss_mb, work_prefix
-
-DEFAULT_SHARD_SIZE = 50_000
+from ..shards import Shard, ShardPlan, ShardStats, peak_rss_mb, work_prefix
 
 
 def same_config_for(config_class: type[dg.Config], *op_names: str) -> dg.ConfigMapping:
@@ -36,7 +34,7 @@ def shard_outputs(shards: Iterable[Shard]) -> Iterator[dg.DynamicOutput]:
         yield dg.DynamicOutput(shard, output_name="shards", mapping_key=shard.mapping_key)
 
 
-def step_figures(plan, commit_started: float, shards: list[ShardStats]) -> dict:
+def step_figures(plan: ShardPlan, commit_started: float, shards: list[ShardStats]) -> dict:
     """Where the time and memory went: the planning step, each shard step, the commit step.
     The plan and the commit run once per set whatever the number of pods, so they bound how far
     more shards help (see docs/scaling.md)."""
