@@ -89,8 +89,8 @@ def write_parquet(store: ObjectStore, key: str, table: pa.Table) -> None:
     store.put_bytes(key, buffer.getvalue(), PARQUET)
 
 
-def read_parquet(store: ObjectStore, key: str) -> pa.Table:
-    return pq.read_table(io.BytesIO(store.get_bytes(key)))
+def read_parquet(store: ObjectStore, key: str, columns: list[str] | None = None) -> pa.Table:
+    return pq.read_table(io.BytesIO(store.get_bytes(key)), columns=columns)
 
 
 class ShardWriter:
