@@ -30,6 +30,8 @@ setup(
         "gpu": ["tensorflow>=2.19,<2.22"],
         "docker": ["dagster-docker>=0.29,<0.30"],
         "dev": [
+            # `dg check defs`, `dg list defs`, `dg launch`, `dg dev` (README, "The dg CLI")
+            "dagster-dg-cli>=1.13,<1.14",
             "pytest>=8,<10",
             "moto[server]>=5.1,<6",
             "kubernetes-validate>=1.30",

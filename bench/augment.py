@@ -16,9 +16,9 @@ from multiprocessing import get_context
 import dagster as dg
 from common import DEFAULT_DATASET, QUIET, local_catalog, metadata
 
-from fashion_assets.assets.augmented import augmented_set
-from fashion_assets.augment import DEFAULT_SPEC, augment_image, build_pipeline
-from fashion_assets.image_export import read_manifest
+from fashion_assets.augmented_sets.assets import augmented_set
+from fashion_assets.augmented_sets.augment import DEFAULT_SPEC, augment_image, build_pipeline
+from fashion_assets.image_sets.export import read_manifest
 
 _pipeline = None
 

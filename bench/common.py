@@ -16,9 +16,9 @@ def local_catalog(dataset: str, query: str, name: str = "bench"):
     """Ingest ``dataset`` into SQLite + a local folder and export ``query`` as image set ``name``.
 
     Returns (resources, instance, workdir)."""
-    from fashion_assets.assets.catalog import product_images, products
-    from fashion_assets.assets.image_sets import image_queries, image_set
-    from fashion_assets.queries import QueryRegistry
+    from fashion_assets.catalog.assets import product_images, products
+    from fashion_assets.image_sets.assets import image_queries, image_set
+    from fashion_assets.image_sets.registry import QueryRegistry
     from fashion_assets.resources import CatalogDatabase, CatalogSource, LocalStoreResource
 
     work = Path(tempfile.mkdtemp(prefix="fashion-bench-"))

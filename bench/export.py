@@ -34,9 +34,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
-from fashion_assets.assets.catalog import product_images, products  # noqa: E402
-from fashion_assets.assets.image_sets import image_queries, image_set  # noqa: E402
-from fashion_assets.queries import QueryRegistry  # noqa: E402
+from fashion_assets.catalog.assets import product_images, products  # noqa: E402
+from fashion_assets.image_sets.assets import image_queries, image_set  # noqa: E402
+from fashion_assets.image_sets.registry import QueryRegistry  # noqa: E402
 from fashion_assets.resources import CatalogDatabase, CatalogSource, LocalStoreResource, S3StoreResource  # noqa: E402
 from fashion_assets_tests import servers  # noqa: E402
 

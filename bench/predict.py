@@ -16,13 +16,13 @@ import time
 import dagster as dg
 from common import DEFAULT_DATASET, QUIET, local_catalog, metadata
 
-from fashion_assets.assets.predictions import predictions
-from fashion_assets.image_export import read_manifest
-from fashion_assets.ml import artifacts
-from fashion_assets.ml.images import load_array
-from fashion_assets.ml.labels import HEADS
-from fashion_assets.ml.model import build_classifier
-from fashion_assets.storage import LocalObjectStore
+from fashion_assets.classifier import artifacts
+from fashion_assets.classifier.images import load_array
+from fashion_assets.classifier.labels import HEADS
+from fashion_assets.classifier.network import build_classifier
+from fashion_assets.core.storage import LocalObjectStore
+from fashion_assets.image_sets.export import read_manifest
+from fashion_assets.predictions.assets import predictions
 
 
 def main():

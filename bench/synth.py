@@ -144,7 +144,7 @@ def _decode_rate(store_dir: Path, image_size: int, n: int = 5000) -> float:
     """Read + decode + resize only, through the same tf.data pipeline the predictions use: what
     a GPU pod's CPUs must keep up with."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from fashion_assets.ml.images import batches
+    from fashion_assets.classifier.images import batches
 
     keys = sorted((store_dir / "catalog" / "images").iterdir())[:n]
     started = time.monotonic()
@@ -157,7 +157,9 @@ def rehearse(dataset: Path, shard_size: int, model_uri: str | None, work: Path) 
     home.mkdir(parents=True, exist_ok=True)
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     env = {**os.environ, "DAGSTER_HOME": str(home), "FASHION_DATASET_DIR": str(dataset),
-           "FASHION_CATALOG_URL": f"sqlite:///{work / 'catalog.sqlite'}", "FASHION_STORE_URL": str(work / "store")}
+           "FASHION_CATALOG_URL": f"sqlite:///{work / 'catalog.sqlite'}", "FASHION_STORE_URL": str(work / "store"),
+           # Shards as processes, as pods would be (the local default runs steps in one process).
+           "FASHION_EXECUTOR": "multiprocess"}
     os.environ.update(env)
     print(f"Rehearsal in {work}: {dataset}, {shard_size:,} images per shard, multiprocess executor, "
           f"{os.cpu_count()} cores", flush=True)

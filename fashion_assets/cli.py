@@ -16,11 +16,12 @@ from pathlib import Path
 
 import dagster as dg
 
-from .assets.image_sets import image_queries
-from .image_export import manifest_key, purge_image_set
-from .queries import QueryNotFound, QueryRegistry, check_name
+from . import layout
+from .image_sets.assets import image_queries
+from .image_sets.export import purge_image_set
+from .image_sets.registry import QueryNotFound, QueryRegistry, check_name
+from .image_sets.sandbox import SqlRejected, SqlSandbox, SqlTimeout
 from .resources import ConfigurationError, resources_from_env
-from .sql_sandbox import SqlRejected, SqlSandbox, SqlTimeout
 
 
 class CliError(Exception):
@@ -69,7 +70,8 @@ def cmd_query_list(args: argparse.Namespace) -> int:
         names = registry.checksums()
         partitions = set(instance.get_dynamic_partitions(image_queries.name))
         for name in sorted(set(names) | partitions):
-            first_line = registry.get(name).strip().splitlines()[0] if name in names else "(no queries/ file)"
+            first_line = (registry.get(name).strip().splitlines()[0] if name in names
+                          else f"(no {layout.query(name)} in the store)")
             state = "partition" if name in partitions else "no partition yet"
             print(f"{name:32} {state:16} {first_line[:80]}")
     return 0
@@ -79,8 +81,8 @@ def cmd_query_show(args: argparse.Namespace) -> int:
     with _resources() as resources:
         store = resources.store.get_store()
         print(QueryRegistry(store).get(check_name(args.name)).rstrip())
-        if store.exists(manifest_key(args.name)):
-            print(f"\n-- manifest: {store.uri(manifest_key(args.name))}")
+        if store.exists(layout.manifest(args.name)):
+            print(f"\n-- manifest: {store.uri(layout.manifest(args.name))}")
     return 0
 
 
@@ -93,8 +95,9 @@ def cmd_query_remove(args: argparse.Namespace) -> int:
     with _instance() as instance:
         if instance.has_dynamic_partition(image_queries.name, name):
             instance.delete_dynamic_partition(image_queries.name, name)
-    print(f"Query {name!r} removed" + (f"; {purged:,} objects under image-sets/{name}/ deleted." if args.purge
-                                        else f"; its data under image-sets/{name}/ is kept (--purge deletes it)."))
+    folder = layout.image_set(name)
+    print(f"Query {name!r} removed" + (f"; {purged:,} objects under {folder} deleted." if args.purge
+                                        else f"; its data under {folder} is kept (--purge deletes it)."))
     return 0
 
 CATALOG_ASSETS = ("products", "product_images")
@@ -183,7 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     show.set_defaults(func=cmd_query_show)
     remove = query_commands.add_parser("remove", help="remove a query and its partition")
     remove.add_argument("name")
-    remove.add_argument("--purge", action="store_true", help="also delete image-sets/<name>/ from the store")
+    remove.add_argument("--purge", action="store_true",
+                        help="also delete the set's folder in the store: images, manifest, augmented sets, predictions")
     remove.set_defaults(func=cmd_query_remove)
     return parser
 

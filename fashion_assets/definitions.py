@@ -1,17 +1,39 @@
-"""The Dagster code location: ``dagster dev -m fashion_assets.definitions`` loads ``defs``."""
+"""The Dagster code location: ``dagster dev -m fashion_assets.definitions`` (or ``dg dev``)
+loads ``defs``.
+
+The pipeline in the order it runs, one package per stage::
+
+    catalog -> image_sets -> augmented_sets -> classifier -> predictions
+"""
 
 import dagster as dg
 
-from .assets import augmented, catalog, image_sets, model, predictions
-from .k8s import executor_from_env
+from .augmented_sets import assets as augmented_sets
+from .catalog import assets as catalog
+from .classifier import assets as classifier
+from .core.placement import executor_from_env
+from .image_sets import assets as image_sets
+from .image_sets.sensors import image_query_sensor
+from .predictions import assets as predictions
 from .resources import resources_from_env
-from .sensors import fashion_automation, image_query_sensor
 
-ASSET_MODULES = [catalog, image_sets, augmented, model, predictions]
+STAGES = [catalog, image_sets, augmented_sets, classifier, predictions]
+
+# Declarative automation for what follows an image set: augmented_set and predictions are
+# `AutomationCondition.eager()`, so once image_query_sensor's run lands, the daemon requests the
+# augmented set, then the predictions, for that partition (and new predictions for every set
+# when the model changes). Running by default, like the query sensor, so dropping a .sql file
+# into the store is all a user does.
+fashion_automation = dg.AutomationConditionSensorDefinition(
+    "fashion_automation",
+    target=dg.AssetSelection.assets(augmented_sets.augmented_set, predictions.predictions),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=30,
+)
 
 defs = dg.Definitions(
-    assets=dg.load_assets_from_modules(ASSET_MODULES),
-    asset_checks=dg.load_asset_checks_from_modules(ASSET_MODULES),
+    assets=dg.load_assets_from_modules(STAGES),
+    asset_checks=dg.load_asset_checks_from_modules(STAGES),
     sensors=[image_query_sensor, fashion_automation],
     resources=resources_from_env(),
     executor=executor_from_env(),

@@ -23,8 +23,11 @@ import sqlalchemy as sa
 from dagster_aws.s3 import S3PickleIOManager, S3Resource
 from pydantic import Field, PrivateAttr
 
-from . import catalog_db
-from .storage import LocalObjectStore, ObjectStore, S3ObjectStore, StoreError, parse_s3_url
+from . import layout
+from .catalog import tables as _catalog_tables  # noqa: F401  (registers products, product_images)
+from .core import database
+from .core.storage import LocalObjectStore, ObjectStore, S3ObjectStore, StoreError, parse_s3_url
+from .predictions import table as _predictions_table  # noqa: F401  (registers predictions)
 
 DATASET_DIR_ENV = "FASHION_DATASET_DIR"
 CATALOG_URL_ENV = "FASHION_CATALOG_URL"
@@ -82,8 +85,8 @@ class CatalogSource(dg.ConfigurableResource):
 class CatalogDatabase(dg.ConfigurableResource):
     """The catalog's SQL database: SQLite by default, PostgreSQL in production.
 
-    Tables are created on first use; a database that cannot be reached fails the step at once,
-    with the URL shown password-masked.
+    Every table (``catalog.tables``, ``predictions.table``) is created on first use; a database
+    that cannot be reached fails the step at once, with the URL shown password-masked.
     """
 
     url: str = Field(description=f"SQLAlchemy URL ({CATALOG_URL_ENV}); postgresql+psycopg2://... in production.")
@@ -91,17 +94,17 @@ class CatalogDatabase(dg.ConfigurableResource):
 
     @property
     def display_url(self) -> str:
-        return catalog_db.masked(self.url)
+        return database.masked(self.url)
 
     @property
     def engine(self) -> sa.Engine:
         if self._engine is None:
             try:
-                engine = catalog_db.create_engine(self.url)
+                engine = database.create_engine(self.url)
             except Exception as exc:  # bad scheme, missing driver...
                 raise ConfigurationError(f"{CATALOG_URL_ENV}={self.display_url}: {exc}") from None
             try:
-                catalog_db.ensure_schema(engine)
+                database.ensure_schema(engine)
             except sa.exc.SQLAlchemyError as exc:
                 engine.dispose()
                 reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
@@ -225,7 +228,8 @@ def step_io_manager(store: ObjectStoreResource) -> dg.ConfigurableIOManager | No
         bucket, prefix = parse_s3_url(os.environ.get(STORE_URL_ENV, ""))
     except ValueError as exc:
         raise ConfigurationError(f"{STORE_URL_ENV}: {exc}") from None
-    return S3PickleIOManager(s3_resource=store, s3_bucket=bucket, s3_prefix=f"{prefix}/_dagster".lstrip("/"))
+    s3_prefix = "/".join(part for part in (prefix, layout.STEP_OUTPUTS) if part)
+    return S3PickleIOManager(s3_resource=store, s3_bucket=bucket, s3_prefix=s3_prefix)
 
 
 def resources_from_env() -> dict[str, Any]:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from fashion_assets.core.storage import ObjectStore
 from fashion_assets.resources import CatalogDatabase, CatalogSource, LocalStoreResource, S3StoreResource
-from fashion_assets.storage import ObjectStore
 
 from . import servers
 from .dagster_dev import dagster_dev, pytest_collection_modifyitems  # noqa: F401  (test_e2e, test_browser)

@@ -5,7 +5,7 @@ import io
 import pytest
 from PIL import Image
 
-from fashion_assets.augment import (
+from fashion_assets.augmented_sets.augment import (
     DEFAULT_SPEC,
     SpecError,
     augment_image,

@@ -19,7 +19,7 @@ from typing import Callable, Iterator
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
-from fashion_assets.queries import QueryRegistry
+from fashion_assets.image_sets.registry import QueryRegistry
 
 from .dagster_dev import graphql
 

@@ -6,9 +6,10 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from fashion_assets.assets import catalog as catalog_assets
-from fashion_assets.assets.catalog import IMAGES_REJECTED_REPORT, PRODUCTS_REJECTED_REPORT, product_images, products
-from fashion_assets.catalog_db import masked
+from fashion_assets.catalog import assets as catalog_assets
+from fashion_assets.catalog.assets import product_images, products
+from fashion_assets.core.database import masked
+from fashion_assets.layout import IMAGES_REJECTED_REPORT, PRODUCTS_REJECTED_REPORT
 
 from .catalog_files import make_dataset, product_line, write_styles
 

@@ -1,6 +1,6 @@
 import pytest
 
-from fashion_assets.catalog_csv import CatalogFormatError, ParseStats, parse_styles
+from fashion_assets.catalog.styles_csv import CatalogFormatError, ParseStats, parse_styles
 
 from .catalog_files import HEADER, make_dataset, product_line, write_styles
 

@@ -3,7 +3,7 @@ import io
 import pytest
 from PIL import Image
 
-from fashion_assets.catalog_images import ImageRejected, find_images, inspect_image, to_rgb
+from fashion_assets.catalog.images import ImageRejected, find_images, inspect_image, to_rgb
 
 from .catalog_files import decompression_bomb, image_bytes, truncated_jpeg
 

@@ -10,6 +10,11 @@
 - Docker: Dockerfiles, .dockerignore and compose.yaml parsed and cross-checked.
 - PostgreSQL: dagster.yaml's storage, used by `dagster asset materialize` against the session's
   real server.
+
+Why this module is long: its parts check the deployment files against each other (the Jobs are
+built from what the chart renders of the values, the Dockerfiles are checked against the values'
+commands), through the module-scoped chart and code-location fixtures defined here once; split
+into files, each would import the others' fixtures and helpers.
 """
 
 from __future__ import annotations
@@ -32,8 +37,8 @@ import kubernetes
 import kubernetes_validate
 import pytest
 import yaml
-from referencing import Registry, Resource
 from dagster_k8s.utils import sanitize_k8s_label
+from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from .catalog_files import make_dataset
@@ -319,7 +324,7 @@ def test_values_agree_with_dagster_yaml_constraints_and_setup(chart):
     assert values["retention"]["schedule"]["purgeAfterDays"] == instance["retention"]["schedule"]["purge_after_days"]
     assert values["postgresql"]["postgresqlScheme"] == instance["storage"]["postgres"]["postgres_db"]["scheme"]
     # The GPU assets' pool has no limit of its own: the default limit is what caps it.
-    from fashion_assets.k8s import GPU_POOL, GPU_TAG
+    from fashion_assets.core.placement import GPU_POOL, GPU_TAG
 
     assert GPU_POOL == "gpu" and concurrency["pools"]["defaultLimit"] >= 1
     assert {limit["key"] for limit in concurrency["runs"]["tagConcurrencyLimits"]} == {GPU_TAG}
@@ -569,7 +574,7 @@ def assert_production_wiring(manifest: dict, values: dict) -> None:
 @pytest.mark.parametrize("variant", VALUES)
 @pytest.mark.parametrize("asset", GPU_ASSETS)
 def test_a_gpu_step_job_requests_a_gpu(chart, code_location, variant, asset, monkeypatch):
-    from fashion_assets.k8s import GPU_POOL
+    from fashion_assets.core.placement import GPU_POOL
 
     values = chart.values(*our_values(variant))
     step = step_of(code_location, variant, asset)
@@ -631,7 +636,7 @@ def test_the_executor_is_chosen_by_configuration(chart, code_location, monkeypat
         executor = code_location[variant]["executor"]
         max_concurrent = int(env_of(the_deployment(chart.values(*our_values(variant))))["FASHION_K8S_MAX_CONCURRENT"])
         assert executor["name"] == "k8s_job_executor" and executor["config"]["max_concurrent"] == max_concurrent
-    from fashion_assets.k8s import executor_from_env
+    from fashion_assets.core.placement import executor_from_env
 
     monkeypatch.delenv("FASHION_EXECUTOR", raising=False)
     assert executor_from_env() is None  # locally: Definitions' default, the multiprocess executor

@@ -8,7 +8,7 @@ import time
 
 import sqlalchemy as sa
 
-from fashion_assets.queries import QueryRegistry
+from fashion_assets.image_sets.registry import QueryRegistry
 
 from .dagster_dev import graphql, materialized
 

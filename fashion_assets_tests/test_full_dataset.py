@@ -6,8 +6,8 @@ import time
 import dagster as dg
 import pytest
 
-from fashion_assets.assets.catalog import product_images, products
-from fashion_assets.catalog_csv import ParseStats, parse_styles
+from fashion_assets.catalog.assets import product_images, products
+from fashion_assets.catalog.styles_csv import ParseStats, parse_styles
 
 pytestmark = pytest.mark.full_dataset
 

@@ -6,12 +6,13 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from fashion_assets.assets.catalog import product_images, products
-from fashion_assets.assets.image_sets import image_queries, image_set, image_set_matches_manifest
-from fashion_assets.image_export import commit_export, export_shard, manifest_key, plan_export, read_manifest
-from fashion_assets.queries import QueryRegistry
-from fashion_assets.sensors import image_query_sensor
-from fashion_assets.sql_sandbox import SqlSandbox
+from fashion_assets import layout
+from fashion_assets.catalog.assets import product_images, products
+from fashion_assets.image_sets.assets import image_queries, image_set, image_set_matches_manifest
+from fashion_assets.image_sets.export import commit_export, export_shard, plan_export, read_manifest
+from fashion_assets.image_sets.registry import QueryRegistry
+from fashion_assets.image_sets.sandbox import SqlSandbox
+from fashion_assets.image_sets.sensors import image_query_sensor
 
 from .catalog_files import make_dataset
 
@@ -116,7 +117,7 @@ def test_a_failed_shard_keeps_the_previous_set_and_a_retry_finishes_it(catalog):
     backend = catalog[0]
     run_set(catalog, "retry", "SELECT id FROM products WHERE id < 4")
     store = backend.store()
-    before = store.get_bytes(manifest_key("retry"))
+    before = store.get_bytes(layout.manifest("retry"))
     sandbox = SqlSandbox(backend.engine())
     plan = plan_export("retry", "SELECT id FROM products ORDER BY id", sandbox, store, "_work/r1/image_set/retry/", 4)
     assert [s.items for s in plan.shards] == [4, 4, 1]
@@ -128,7 +129,7 @@ def test_a_failed_shard_keeps_the_previous_set_and_a_retry_finishes_it(catalog):
         export_shard(store, plan.shards[2], workers=4)
     with pytest.raises(RuntimeError, match="2 of 3 shards reported"):
         commit_export(store, plan, done, workers=4)
-    assert store.get_bytes(manifest_key("retry")) == before  # still the previous set, which is all there
+    assert store.get_bytes(layout.manifest("retry")) == before  # still the previous set, which is all there
 
     store.put_bytes("catalog/images/9.jpg", ninth)
     done.append(export_shard(store, plan.shards[2], workers=4))
@@ -147,12 +148,12 @@ def test_duplicate_and_imageless_ids(catalog):
 def test_a_bad_query_fails_with_a_clear_error_and_keeps_the_previous_set(catalog):
     backend = catalog[0]
     run_set(catalog, "keep", "SELECT id FROM products WHERE id < 3")
-    before = backend.store().get_bytes(manifest_key("keep"))
+    before = backend.store().get_bytes(layout.manifest("keep"))
     result = run_set(catalog, "keep", "DELETE FROM products", raise_on_error=False)
     assert not result.success
     failure = str(result.get_step_failure_events()[0].step_failure_data.error)
     assert "only SELECT" in failure
-    assert backend.store().get_bytes(manifest_key("keep")) == before
+    assert backend.store().get_bytes(layout.manifest("keep")) == before
     assert sql_ids(backend, "SELECT count(*) FROM products") == {12}
 
 

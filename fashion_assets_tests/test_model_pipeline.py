@@ -9,17 +9,17 @@ import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 
-from fashion_assets.assets.augmented import augmented_count_matches, augmented_set
-from fashion_assets.assets.catalog import product_images, products
-from fashion_assets.assets.image_sets import image_queries, image_set
-from fashion_assets.assets.model import fashion_classifier
-from fashion_assets.assets.predictions import confidences_are_probabilities, one_row_per_input, predictions
-from fashion_assets.prediction_tables import predictions_key
-from fashion_assets.ml import artifacts
-from fashion_assets.ml.labels import HEADS, build_vocabularies
-from fashion_assets.ml.train import TrainConfig, train_classifier
-from fashion_assets.queries import QueryRegistry
-from fashion_assets.storage import LocalObjectStore
+from fashion_assets import layout
+from fashion_assets.augmented_sets.assets import augmented_count_matches, augmented_set
+from fashion_assets.catalog.assets import product_images, products
+from fashion_assets.classifier import artifacts
+from fashion_assets.classifier.assets import fashion_classifier
+from fashion_assets.classifier.labels import HEADS, build_vocabularies
+from fashion_assets.classifier.train import TrainConfig, train_classifier
+from fashion_assets.core.storage import LocalObjectStore
+from fashion_assets.image_sets.assets import image_queries, image_set
+from fashion_assets.image_sets.registry import QueryRegistry
+from fashion_assets.predictions.assets import confidences_are_probabilities, one_row_per_input, predictions
 
 from .catalog_files import make_dataset
 
@@ -52,7 +52,7 @@ def test_model_trains_saves_and_reloads_identically(tmp_path):
     classes = {h: list(vocab[h].classes) for h in HEADS}
     labels = artifacts.labels_document_from_classes(classes, 32)
     uris = artifacts.save_model(store, result.model, labels, "v1")
-    assert store.get_bytes(artifacts.LATEST_KEY) == b"v1"
+    assert store.get_bytes(layout.MODEL_LATEST) == b"v1"
     assert json.loads(store.get_bytes("models/fashion_classifier/v1/labels.json"))["heads"]["article_type"] == [
         "Heels", "Tshirts", "Watches"]
 
@@ -140,7 +140,7 @@ def test_augment_train_predict(pipeline):
     assert augmented["dagster/row_count"] == 18
     rows = prediction_rows(backend)
     assert len(rows) == 18 and {r.variant for r in rows} == {0, 1} and {r.source for r in rows} == {"augmented"}
-    parquet = pq.read_table(io.BytesIO(store.get_bytes(predictions_key("all"))))
+    parquet = pq.read_table(io.BytesIO(store.get_bytes(layout.predictions("all"))))
     assert parquet.num_rows == 18 and "article_type_top5" in parquet.column_names
     top5 = json.loads(parquet.column("article_type_top5")[0].as_py())
     assert len(top5) == min(5, len(json.loads(store.get_bytes(
@@ -173,7 +173,7 @@ def test_model_uri_imports_an_existing_model(pipeline, tmp_path, form):
     assert imported["training_seconds"] == 0 and imported["image_size"] == 32
     version = imported["version"]
     store = backend.store()
-    assert store.get_bytes(artifacts.LATEST_KEY).decode() == version
+    assert store.get_bytes(layout.MODEL_LATEST).decode() == version
     assert store.exists(f"models/fashion_classifier/{version}/saved_model/saved_model.pb")
     p = meta(run([predictions]), "predictions")
     assert p["dagster/row_count"] == 9 and p["model_version"] == version

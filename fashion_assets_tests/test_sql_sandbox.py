@@ -6,9 +6,9 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from fashion_assets.assets.catalog import product_images, products
-from fashion_assets.catalog_db import products as products_table
-from fashion_assets.sql_sandbox import QueryStats, SqlRejected, SqlSandbox, SqlTimeout, validate_sql
+from fashion_assets.catalog.assets import product_images, products
+from fashion_assets.catalog.tables import products as products_table
+from fashion_assets.image_sets.sandbox import QueryStats, SqlRejected, SqlSandbox, SqlTimeout, validate_sql
 
 from .catalog_files import make_dataset
 

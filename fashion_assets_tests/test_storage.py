@@ -1,7 +1,7 @@
 import pytest
 
+from fashion_assets.core.storage import StoreError, md5_hex
 from fashion_assets.resources import ConfigurationError, S3StoreResource
-from fashion_assets.storage import StoreError, md5_hex
 
 
 def test_store_contract(backend):

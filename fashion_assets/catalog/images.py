@@ -1,0 +1,119 @@
+"""Find and inspect the catalog's product photos. Plain module: no Dagster.
+
+An image is accepted if Pillow can decode it completely, whatever its format or mode (a
+grayscale JPEG, a CMYK JPEG, a palette PNG saved as ``.jpg``): the bytes are stored as they are
+and the format and mode are recorded, so downstream steps convert with ``to_rgb``. It is
+rejected, with a reason, if it is empty, truncated, not an image, or large enough to be a
+decompression bomb.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from .. import layout
+from ..core.storage import md5_hex
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+_PRODUCT_FILE = re.compile(r"^(\d+)\.(jpe?g|png)$", re.IGNORECASE)
+# 40 megapixels: 10x the largest product photo we have seen; anything bigger is refused before
+# it is decoded, so a small hostile file cannot make a step allocate gigabytes.
+MAX_PIXELS = 40_000_000
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    id: int
+    key: str
+    width: int
+    height: int
+    mode: str
+    format: str
+    bytes: int
+    md5: str
+
+
+@dataclass(frozen=True)
+class RejectedImage:
+    file: str
+    reason: str
+
+
+def find_images(folder: str | Path) -> tuple[list[tuple[int, Path]], list[RejectedImage]]:
+    """Product image files (``<id>.jpg``) in ``folder``, sorted by id, and the files that are not.
+
+    Two files for one id (``1.jpg`` and ``1.png``): the first by name wins, the other is rejected.
+    """
+    found: dict[int, Path] = {}
+    rejected: list[RejectedImage] = []
+    with os.scandir(folder) as entries:
+        names = sorted(e.name for e in entries if e.is_file() and not e.name.startswith("."))
+    for name in names:
+        match = _PRODUCT_FILE.match(name)
+        if not match:
+            rejected.append(RejectedImage(name, "file name is not <product id>.jpg"))
+            continue
+        product_id = int(match.group(1))
+        if product_id in found:
+            rejected.append(RejectedImage(name, f"another file for product {product_id}: {found[product_id].name}"))
+            continue
+        found[product_id] = Path(folder, name)
+    return sorted(found.items()), rejected
+
+
+class ImageRejected(ValueError):
+    pass
+
+
+def inspect_image(product_id: int, data: bytes) -> ImageInfo:
+    """Decode ``data`` fully and describe it; raise :class:`ImageRejected` with a reason."""
+    if not data:
+        raise ImageRejected("empty file (0 bytes)")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size
+            if width * height > MAX_PIXELS:
+                raise ImageRejected(
+                    f"{width}x{height} pixels is over the {MAX_PIXELS:,} limit (possible decompression bomb)"
+                )
+            img.load()  # a header alone is not an image: this catches truncated files
+            info = ImageInfo(
+                id=product_id,
+                key=layout.catalog_image(product_id),
+                width=width,
+                height=height,
+                mode=img.mode,
+                format=img.format or "unknown",
+                bytes=len(data),
+                md5=md5_hex(data),
+            )
+    except ImageRejected:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageRejected(f"possible decompression bomb: {exc}") from None
+    except Image.UnidentifiedImageError:
+        raise ImageRejected("not an image Pillow can read") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        # Pillow reports truncated and corrupt data as OSError ("image file is truncated"),
+        # and some broken headers as SyntaxError.
+        raise ImageRejected(f"corrupt image: {exc}") from None
+    return info
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any accepted image as 8-bit RGB (grayscale, CMYK, palette and alpha included)."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        # Composite on white, the background of product photos, instead of dropping alpha to black.
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+

@@ -1,0 +1,39 @@
+"""The catalog's two tables, ``products`` and ``product_images``. Plain module: no Dagster.
+
+Users' queries select from them (``image_sets.sandbox``), so their names and columns are a
+contract, like the store's keys.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from ..core.database import metadata
+
+products = sa.Table(
+    "products",
+    metadata,
+    sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("gender", sa.Text),
+    sa.Column("master_category", sa.Text),
+    sa.Column("sub_category", sa.Text),
+    sa.Column("article_type", sa.Text),
+    sa.Column("base_colour", sa.Text),
+    sa.Column("season", sa.Text),
+    sa.Column("year", sa.Integer),
+    sa.Column("usage", sa.Text),
+    sa.Column("product_display_name", sa.Text),
+)
+
+product_images = sa.Table(
+    "product_images",
+    metadata,
+    sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("key", sa.Text, nullable=False),
+    sa.Column("width", sa.Integer, nullable=False),
+    sa.Column("height", sa.Integer, nullable=False),
+    sa.Column("mode", sa.Text, nullable=False),
+    sa.Column("format", sa.Text, nullable=False),
+    sa.Column("bytes", sa.BigInteger, nullable=False),
+    sa.Column("md5", sa.String(32), nullable=False),
+)

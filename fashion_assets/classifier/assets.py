@@ -1,0 +1,84 @@
+"""``fashion_classifier``: trained from scratch on the catalog's own images, or imported (thin
+wiring around ``build``)."""
+
+import base64
+
+import dagster as dg
+
+from ..catalog.assets import product_images, products
+from ..core.placement import GPU_POOL, gpu_op_tags
+from ..core.reporting import markdown_table
+from ..resources import CatalogDatabase, ObjectStoreResource, S3StoreResource
+from .build import BuildSettings, NotEnoughImages, build_version, catalog_rows
+from .evaluate import per_class_rows
+from .labels import DEFAULT_MIN_EXAMPLES, HEADS
+
+
+class ClassifierConfig(dg.Config):
+    image_size: int = 64
+    """Input size in pixels (square); the catalog's originals are 60x80."""
+    epochs: int = 30
+    batch_size: int = 64
+    min_examples: int = DEFAULT_MIN_EXAMPLES
+    """Classes with fewer training images are folded into 'other'."""
+    validation_fraction: float = 0.15
+    seed: int = 20261123
+    model_uri: str | None = None
+    """Import this model (.keras file or SavedModel folder; local path or s3://) instead of training."""
+    accuracy_floor: float = 0.5
+    """The asset check fails when a head's validation accuracy is below this."""
+
+
+@dg.asset(
+    group_name="model",
+    deps=[products, product_images],
+    kinds={"tensorflow", "keras"},
+    op_tags=gpu_op_tags(),
+    pool=GPU_POOL,
+    check_specs=[dg.AssetCheckSpec("validation_accuracy_above_floor", asset="fashion_classifier")],
+)
+def fashion_classifier(
+    context: dg.AssetExecutionContext, config: ClassifierConfig, catalog_db: CatalogDatabase, store: ObjectStoreResource
+) -> dg.MaterializeResult:
+    """One network, three heads (master_category, sub_category, article_type), trained from
+    scratch on ``product_images`` joined with ``products``; saved as ``.keras`` + SavedModel under
+    ``models/fashion_classifier/<version>/`` with ``LATEST`` pointing at it."""
+    settings = BuildSettings(**config.model_dump(exclude={"accuracy_floor"}))
+    try:
+        result = build_version(
+            store.get_store(), catalog_rows(catalog_db.engine), settings, io_workers=store.max_concurrency,
+            s3_client=store.get_client() if isinstance(store, S3StoreResource) else None, log=context.log.info,
+        )
+    except NotEnoughImages as exc:
+        raise dg.Failure(str(exc)) from None
+    metrics, classes = result.metrics, result.classes
+    return dg.MaterializeResult(
+        metadata={
+            "version": result.version,
+            **{f"{h}_accuracy": dg.MetadataValue.float(round(metrics[h]["accuracy"], 4)) for h in HEADS},
+            **{f"{h}_top5": dg.MetadataValue.float(round(metrics[h]["top5"], 4)) for h in HEADS},
+            "validation_images": result.validation_images,
+            "training_images": result.training_images,
+            "classes": dg.MetadataValue.json({h: len(classes[h]) for h in HEADS}),
+            "parameters": result.parameters,
+            "image_size": result.image_size,
+            "epochs_run": result.epochs_run,
+            "training_seconds": dg.MetadataValue.float(round(result.training_seconds, 1)),
+            "history": dg.MetadataValue.json({k: [round(v, 4) for v in vs] for k, vs in result.history.items()
+                                              if k.startswith("val_") and k.endswith("accuracy")}),
+            "per_class_article_type": dg.MetadataValue.md(markdown_table(
+                ["class", "support", "precision", "recall", "f1"],
+                per_class_rows(result.predicted["article_type"], result.truth["article_type"],
+                               classes["article_type"]), limit=60)),
+            "confusion_article_type": dg.MetadataValue.md(
+                f"![confusion](data:image/png;base64,{base64.b64encode(result.confusion_png).decode()})"),
+            "model_keras": result.uris["keras"],
+            "saved_model": result.uris["saved_model"],
+            "labels": result.uris["labels"],
+        },
+        check_results=[dg.AssetCheckResult(
+            check_name="validation_accuracy_above_floor",
+            passed=result.lowest_accuracy >= config.accuracy_floor,
+            metadata={"lowest_head_accuracy": round(result.lowest_accuracy, 4), "floor": config.accuracy_floor},
+        )],
+    )

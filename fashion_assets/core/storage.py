@@ -1,0 +1,252 @@
+"""Object stores: one small interface, a local-directory and an S3 implementation, and the
+bulk operations built on it.
+
+Both hold the same keys (``fashion_assets.layout``), so every stage is written once against
+:class:`ObjectStore` and runs unchanged on a laptop and on S3. Plain module: no Dagster; the
+Dagster resources in ``fashion_assets.resources`` construct these.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import shutil
+import tempfile
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .parallel import bounded_map
+
+CONTENT_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "GIF": "image/gif", "WEBP": "image/webp"}
+
+
+class StoreError(RuntimeError):
+    """A store that cannot be used as configured (missing bucket, unwritable folder...)."""
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    key: str
+    size: int
+    # Hex MD5 of the content where the store knows it cheaply; None where it does not (an S3
+    # multipart or SSE-KMS ETag is not an MD5), which callers treat as "unknown, rewrite".
+    md5: str | None
+
+
+def md5_hex(data: bytes) -> str:
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+def _check_key(key: str) -> str:
+    if not key or key.startswith("/") or "\\" in key or any(p in ("", ".", "..") for p in key.split("/")):
+        raise ValueError(f"invalid object key {key!r}")
+    return key
+
+
+class ObjectStore(ABC):
+    """What the assets need from an object store; keys are '/'-separated relative paths."""
+
+    @property
+    @abstractmethod
+    def url(self) -> str:
+        """Where the store is, for people (``s3://bucket/prefix`` or a folder path)."""
+
+    @abstractmethod
+    def uri(self, key: str) -> str:
+        """Where one object (or, with a trailing '/', a folder) is, for people and other tools."""
+
+    @abstractmethod
+    def check(self) -> None:
+        """Raise :class:`StoreError` if the store cannot be used (fail fast, before any work)."""
+
+    @abstractmethod
+    def put_bytes(self, key: str, data: bytes, content_type: str | None = None) -> None: ...
+
+    @abstractmethod
+    def get_bytes(self, key: str) -> bytes: ...
+
+    @abstractmethod
+    def exists(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def delete(self, key: str) -> None: ...
+
+    @abstractmethod
+    def list(self, prefix: str) -> Iterator[StoredObject]:
+        """Every object whose key starts with ``prefix``, in key order."""
+
+    @abstractmethod
+    def copy(self, src_key: str, dst_key: str) -> None:
+        """Copy inside the store without moving the bytes through this process where possible."""
+
+
+class LocalObjectStore(ObjectStore):
+    """A folder on disk. Writes are atomic (temporary file + rename), so a reader or a crash
+    never sees half an object."""
+
+    def __init__(self, root: str | os.PathLike[str]):
+        self.root = Path(root).expanduser().resolve()
+
+    @property
+    def url(self) -> str:
+        return str(self.root)
+
+    def _path(self, key: str) -> Path:
+        return self.root / _check_key(key)
+
+    def uri(self, key: str) -> str:
+        return str(self._path(key.rstrip("/"))) + ("/" if key.endswith("/") else "")
+
+    def check(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=self.root, prefix=".write-check-"):
+                pass
+        except OSError as exc:
+            raise StoreError(f"cannot write to folder {self.root}: {exc.strerror or exc}") from exc
+
+    def put_bytes(self, key: str, data: bytes, content_type: str | None = None) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def get_bytes(self, key: str) -> bytes:
+        return self._path(key).read_bytes()
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def list(self, prefix: str) -> Iterator[StoredObject]:
+        # Walk only the folder that holds the prefix, not the whole store.
+        base = self.root / prefix.rsplit("/", 1)[0] if "/" in prefix else self.root
+        if not base.is_dir():
+            return
+        found = []
+        for dirpath, dirnames, filenames in os.walk(base):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            for name in filenames:
+                if name.startswith("."):  # temporary files of writes in flight
+                    continue
+                key = Path(dirpath, name).relative_to(self.root).as_posix()
+                if key.startswith(prefix):
+                    found.append(key)
+        for key in sorted(found):
+            path = self.root / key
+            data = path.read_bytes()
+            yield StoredObject(key=key, size=len(data), md5=md5_hex(data))
+
+    def copy(self, src_key: str, dst_key: str) -> None:
+        src, dst = self._path(src_key), self._path(dst_key)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+        try:
+            # A hard link costs no space and no copy; fall back to a copy across file systems.
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+
+
+class S3ObjectStore(ObjectStore):
+    """A bucket and key prefix on S3 or any S3-compatible store (MinIO, Ceph...), through a
+    boto3 client. The client is thread-safe; callers fan out over a thread pool."""
+
+    def __init__(self, client: Any, bucket: str, prefix: str = ""):
+        self.client = client
+        self.bucket = bucket
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+
+    @property
+    def url(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}".rstrip("/")
+
+    def _key(self, key: str) -> str:
+        return self.prefix + _check_key(key)
+
+    def uri(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self._key(key.rstrip('/'))}" + ("/" if key.endswith("/") else "")
+
+    def check(self) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "?")
+            reason = {"404": "does not exist", "NoSuchBucket": "does not exist", "403": "access denied"}
+            raise StoreError(f"bucket {self.bucket!r} {reason.get(code, f'is not usable ({code})')}") from exc
+        except BotoCoreError as exc:
+            raise StoreError(f"cannot reach the S3 endpoint for bucket {self.bucket!r}: {exc}") from exc
+
+    def put_bytes(self, key: str, data: bytes, content_type: str | None = None) -> None:
+        extra = {"ContentType": content_type} if content_type else {}
+        # Content-MD5 makes S3 reject a body damaged in transit instead of storing it.
+        md5_b64 = base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()
+        self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, ContentMD5=md5_b64, **extra)
+
+    def get_bytes(self, key: str) -> bytes:
+        return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+
+    def exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+            return True
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+    def list(self, prefix: str) -> Iterator[StoredObject]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix):
+            for obj in page.get("Contents", []):
+                etag = obj.get("ETag", "").strip('"')
+                md5 = etag if len(etag) == 32 and "-" not in etag else None
+                yield StoredObject(key=obj["Key"][len(self.prefix) :], size=obj["Size"], md5=md5)
+
+    def copy(self, src_key: str, dst_key: str) -> None:
+        # Server-side copy: the bytes never leave S3.
+        self.client.copy_object(
+            Bucket=self.bucket,
+            Key=self._key(dst_key),
+            CopySource={"Bucket": self.bucket, "Key": self._key(src_key)},
+        )
+
+
+def parse_s3_url(url: str) -> tuple[str, str]:
+    """``s3://bucket/some/prefix`` -> ``("bucket", "some/prefix")``."""
+    if not url.startswith("s3://"):
+        raise ValueError(f"not an s3:// URL: {url!r}")
+    bucket, _, prefix = url[len("s3://") :].partition("/")
+    if not bucket:
+        raise ValueError(f"no bucket in {url!r}")
+    return bucket, prefix.strip("/")
+
+
+def delete_keys(store: ObjectStore, keys: Iterable[str], workers: int = 16) -> int:
+    """Delete ``keys`` on ``workers`` threads; returns how many."""
+    return sum(1 for _ in bounded_map(store.delete, keys, workers))
+
+
+def remove_prefix(store: ObjectStore, prefix: str, workers: int = 16) -> int:
+    """Delete every object under ``prefix``; returns how many."""
+    return delete_keys(store, [obj.key for obj in store.list(prefix)], workers)

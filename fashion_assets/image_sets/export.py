@@ -1,0 +1,220 @@
+"""Export an image set: run a query in the sandbox, copy the selected catalog images to
+``image-sets/<name>/images/<id>.jpg`` and write ``image-sets/<name>/manifest.parquet`` (keys:
+``fashion_assets.layout``).
+
+Incremental: an image already there with the catalog's MD5 is not copied again, and images no
+longer selected are removed. Order matters so that a failed run never leaves a manifest that
+lies: copy first (adds and overwrites only), then write the new manifest, then remove what is
+no longer selected. If a run dies while copying, the previous manifest still describes objects
+that are all there.
+
+The work comes in three parts so that a large set spreads over many steps (``core.shards``):
+``plan_export`` runs the query and writes shards of work, ``export_shard`` puts one shard's
+images in place, ``commit_export`` writes the manifest. Plain module: no Dagster.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import sqlalchemy as sa
+
+from .. import layout
+from ..catalog.tables import product_images, products
+from ..core import parquet
+from ..core.parallel import bounded_map
+from ..core.parquet import concat_parquet, read_parquet
+from ..core.progress import peak_rss_mb
+from ..core.shards import Shard, ShardPlan, ShardStats, ShardWriter, delete_listed, in_plan_order, write_keys
+from ..core.storage import ObjectStore, remove_prefix
+from .sandbox import QueryStats, SqlRejected, SqlSandbox
+
+PRODUCT_COLUMNS = [c.name for c in products.columns if c.name != "id"]
+MANIFEST_SCHEMA = pa.schema(
+    [
+        ("id", pa.int64()),
+        ("key", pa.string()),  # where the image is in this set
+        ("source_key", pa.string()),  # where it came from in the catalog
+        ("md5", pa.string()),
+        ("bytes", pa.int64()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("mode", pa.string()),
+        ("format", pa.string()),
+        *[(c, pa.int32() if c == "year" else pa.string()) for c in PRODUCT_COLUMNS],
+    ]
+)
+LOOKUP_BATCH = 1_000  # ids per IN (...) lookup: well under SQLite's and PostgreSQL's parameter limits
+
+
+# A shard's work list: the manifest row plus what is stored at its key now (None: nothing).
+WORK_SCHEMA = MANIFEST_SCHEMA.append(pa.field("stored_md5", pa.string()))
+
+
+@dataclass(kw_only=True)
+class ExportPlan(ShardPlan):
+    """What the query selected, cut into shards of images to put in place."""
+
+    sql: str
+    columns: list[str] = field(default_factory=list)  # what the query returned
+    selected: int = 0  # distinct ids the query returned
+    exported: int = 0  # of those, with an image: the set's size
+    missing: int = 0  # selected ids without a catalog image
+    missing_ids: list[int] = field(default_factory=list)  # the first 100 of them
+    stale: int = 0  # images in the set no longer selected: removed after the manifest
+    query: QueryStats = field(default_factory=QueryStats)
+    preview: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class ExportShardResult(ShardStats):
+    copied: int = 0
+    unchanged: int = 0
+    bytes_total: int = 0
+    bytes_copied: int = 0
+
+
+@dataclass
+class ExportResult:
+    plan: ExportPlan
+    shards: list[ExportShardResult]
+    removed: int = 0
+
+    def total(self, attribute: str) -> int:
+        return sum(getattr(s, attribute) for s in self.shards)
+
+
+def _lookup(engine: sa.Engine, ids: list[int]) -> dict[int, dict]:
+    """Catalog image + product columns for ``ids`` that have an image."""
+    query = (
+        sa.select(product_images, *[products.c[c] for c in PRODUCT_COLUMNS])
+        .select_from(product_images.outerjoin(products, products.c.id == product_images.c.id))
+        .where(product_images.c.id.in_(sa.bindparam("ids", expanding=True)))
+    )
+    found = {}
+    with engine.connect() as conn:
+        for start in range(0, len(ids), LOOKUP_BATCH):
+            for row in conn.execute(query, {"ids": ids[start : start + LOOKUP_BATCH]}).mappings():
+                found[row["id"]] = dict(row)
+    return found
+
+
+def _as_id(value: object) -> int:
+    try:
+        product_id = int(value)  # type: ignore[arg-type]
+        if product_id == value or str(product_id) == str(value).strip():
+            return product_id
+    except (TypeError, ValueError):
+        pass
+    raise SqlRejected(f"the id column must hold product ids (integers); it returned {value!r}")
+
+
+def plan_export(
+    name: str,
+    sql: str,
+    sandbox: SqlSandbox,
+    store: ObjectStore,
+    work_prefix: str,
+    shard_size: int,
+    on_progress: Callable[[int], None] = lambda n: None,
+) -> ExportPlan:
+    """Run the query (streamed), look up each selected image, and write the work lists.
+
+    Holds the set's current keys and the selected ids in memory (about 0.4 KB an image,
+    measured: docs/scaling.md), and at most one shard's rows.
+    """
+    plan = ExportPlan(name=name, sql=sql, work_prefix=work_prefix)
+    started = time.monotonic()
+    stored = {obj.key: obj.md5 for obj in store.list(layout.set_images(name))}
+    selected_ids: set[int] = set()
+    writer = ShardWriter(store, work_prefix, WORK_SCHEMA, shard_size)
+    for columns, rows in sandbox.stream(sql, plan.query):
+        plan.columns = columns
+        id_at = columns.index("id")
+        ids = []
+        for row in rows:
+            product_id = _as_id(row[id_at])
+            if product_id not in selected_ids:  # a query may return an id twice (joins)
+                selected_ids.add(product_id)
+                ids.append(product_id)
+        found = _lookup(sandbox.engine, ids)
+        items = []
+        for product_id in ids:
+            image = found.get(product_id)
+            if image is None:
+                plan.missing += 1
+                if len(plan.missing_ids) < 100:
+                    plan.missing_ids.append(product_id)
+                continue
+            item = {"id": product_id, "key": layout.set_image(name, product_id), "source_key": image["key"]}
+            item.update({c: image[c] for c in MANIFEST_SCHEMA.names if c not in item})
+            item["stored_md5"] = stored.get(item["key"])
+            items.append(item)
+        writer.add(items)
+        plan.exported += len(items)
+        if len(plan.preview) < 10:
+            plan.preview += items[: 10 - len(plan.preview)]
+        on_progress(len(ids))
+    plan.shards = writer.close()
+    plan.selected = len(selected_ids)
+    plan.stale = write_keys(store, plan.stale_key,
+                            (key for key in stored if layout.set_image_id(name, key) not in selected_ids))
+    plan.seconds = time.monotonic() - started
+    plan.peak_rss_mb = peak_rss_mb()
+    return plan
+
+
+def export_shard(
+    store: ObjectStore, shard: Shard, workers: int, on_progress: Callable[[int], None] = lambda n: None
+) -> ExportShardResult:
+    """Put one shard's images in place (server-side copies on S3, hard links locally), skipping
+    those already there with the catalog's MD5. The work list is the shard's part of the
+    manifest already: nothing else to write."""
+    result = ExportShardResult(index=shard.index)
+    started = time.monotonic()
+    items = read_parquet(store, shard.key).to_pylist()
+
+    def copy_one(item: dict) -> tuple[dict, bool]:
+        if item["stored_md5"] == item["md5"]:
+            return item, False
+        try:
+            store.copy(item["source_key"], item["key"])
+        except Exception as exc:  # S3 says "NoSuchKey" without the key: name it
+            raise RuntimeError(f"copying {store.uri(item['source_key'])} to {store.uri(item['key'])}: {exc}") from exc
+        return item, True
+
+    for item, copied in bounded_map(copy_one, items, workers):
+        if copied:
+            result.copied += 1
+            result.bytes_copied += item["bytes"]
+        else:
+            result.unchanged += 1
+        result.bytes_total += item["bytes"]
+        on_progress(1)
+    result.images = len(items)
+    result.seconds = time.monotonic() - started
+    result.peak_rss_mb = peak_rss_mb()
+    return result
+
+
+def commit_export(store: ObjectStore, plan: ExportPlan, shards: list[ExportShardResult], workers: int) -> ExportResult:
+    """Write the manifest once every shard's images are in place, then remove what is no longer
+    selected, then the work lists: a failure at any point leaves a manifest that tells the truth."""
+    done = in_plan_order(plan.shards, shards, f"image set {plan.name!r}")
+    manifest = concat_parquet(store, [s.key for s in plan.shards], MANIFEST_SCHEMA)
+    store.put_bytes(layout.manifest(plan.name), manifest, parquet.CONTENT_TYPE)
+    removed = delete_listed(store, plan.stale_key, workers)
+    remove_prefix(store, plan.work_prefix, workers)
+    return ExportResult(plan=plan, shards=done, removed=removed)
+
+
+def read_manifest(store: ObjectStore, name: str) -> pa.Table:
+    return read_parquet(store, layout.manifest(name))
+
+
+def purge_image_set(store: ObjectStore, name: str, workers: int = 16) -> int:
+    """Delete everything under ``image-sets/<name>/``; returns the number of objects removed."""
+    return remove_prefix(store, layout.image_set(name), workers)

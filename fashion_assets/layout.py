@@ -1,0 +1,186 @@
+"""Every object-store key and prefix the project reads or writes, and nothing else.
+
+The layout is a contract: people, notebooks, TF Serving and other services read these paths, so
+it changes only here, and no other module builds a key from string pieces
+(``fashion_assets_tests/test_layout.py`` checks that). Keys are relative to the store's root (a
+folder, or ``s3://bucket/prefix``)::
+
+    catalog/images/<id>.jpg                              product_images
+    catalog/reports/{products,product_images}_rejected.csv
+    queries/<name>.sql                                   one image set per query
+    image-sets/<name>/images/<id>.jpg                    image_set
+    image-sets/<name>/manifest.parquet                   image_set (written last)
+    image-sets/<name>/augmented/<spec-hash>/<id>_<k>.jpg augmented_set
+    image-sets/<name>/augmented/<spec-hash>/{manifest.parquet,contact_sheet.png}
+    image-sets/<name>/augmented/LATEST                   the newest spec hash
+    image-sets/<name>/predictions.parquet                predictions
+    models/fashion_classifier/<version>/{model.keras,labels.json,saved_model/,confusion_article_type.png}
+    models/fashion_classifier/LATEST                     the newest version
+    _work/<run id>/<asset>/<partition>/                  a run's work lists (removed at commit)
+    _dagster/                                            step outputs between pods (S3 only)
+
+A query's name is also a key segment and a Dagster partition key, so the rule for names lives
+here too. Plain module: no Dagster, no I/O.
+"""
+
+from __future__ import annotations
+
+import re
+
+# --- names -------------------------------------------------------------------------------------
+
+# A slug: a Dagster partition key and a store folder name, so kept plain.
+QUERY_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?")
+
+
+def check_name(name: str) -> str:
+    """``name`` if it can name a query (and so a set's folder); ``ValueError`` saying why not."""
+    if not QUERY_NAME.fullmatch(name):
+        raise ValueError(
+            f"query name {name!r} must be a slug: lower-case letters, digits and '-', 1-64 characters, "
+            "not starting or ending with '-'"
+        )
+    return name
+
+
+# --- catalog -----------------------------------------------------------------------------------
+
+CATALOG_IMAGES = "catalog/images/"
+PRODUCTS_REJECTED_REPORT = "catalog/reports/products_rejected.csv"
+IMAGES_REJECTED_REPORT = "catalog/reports/product_images_rejected.csv"
+
+
+def catalog_image(product_id: int) -> str:
+    """A product's catalog image (whatever its format, the key ends in ``.jpg``)."""
+    return f"{CATALOG_IMAGES}{product_id}.jpg"
+
+
+# --- queries and image sets --------------------------------------------------------------------
+
+QUERIES = "queries/"
+QUERY_SUFFIX = ".sql"
+
+
+def query(name: str) -> str:
+    return f"{QUERIES}{check_name(name)}{QUERY_SUFFIX}"
+
+
+def query_name(key: str) -> str | None:
+    """The query a ``queries/`` key holds, or None for a file that cannot be one (bad name,
+    extension or a subfolder)."""
+    filename = key.removeprefix(QUERIES)
+    if not key.startswith(QUERIES) or "/" in filename or not filename.endswith(QUERY_SUFFIX):
+        return None
+    name = filename[: -len(QUERY_SUFFIX)]
+    return name if QUERY_NAME.fullmatch(name) else None
+
+
+def image_set(name: str) -> str:
+    """Everything of one query's set: ``image-sets/<name>/``."""
+    return f"image-sets/{check_name(name)}/"
+
+
+def set_images(name: str) -> str:
+    return image_set(name) + "images/"
+
+
+def set_image(name: str, product_id: int) -> str:
+    return f"{set_images(name)}{product_id}.jpg"
+
+
+def set_image_id(name: str, key: str) -> int | None:
+    """The product id of a ``set_image`` key; None for any other key."""
+    stem = key.removeprefix(set_images(name)).removesuffix(".jpg")
+    return int(stem) if key.startswith(set_images(name)) and stem.isdigit() else None
+
+
+def manifest(name: str) -> str:
+    return image_set(name) + "manifest.parquet"
+
+
+# --- augmented sets ----------------------------------------------------------------------------
+
+
+def augmented(name: str, digest: str) -> str:
+    """One spec's augmented copy of a set: ``image-sets/<name>/augmented/<spec-hash>/``."""
+    return f"{image_set(name)}augmented/{digest}/"
+
+
+def augmented_latest(name: str) -> str:
+    """Holds the spec hash of the newest augmented set of a query: what ``predictions`` reads."""
+    return f"{image_set(name)}augmented/LATEST"
+
+
+def augmented_manifest(name: str, digest: str) -> str:
+    return augmented(name, digest) + "manifest.parquet"
+
+
+def augmented_contact_sheet(name: str, digest: str) -> str:
+    return augmented(name, digest) + "contact_sheet.png"
+
+
+def variant(name: str, digest: str, product_id: int, k: int) -> str:
+    return f"{augmented(name, digest)}{product_id}_{k}.jpg"
+
+
+# --- predictions -------------------------------------------------------------------------------
+
+
+def predictions(name: str) -> str:
+    return image_set(name) + "predictions.parquet"
+
+
+# --- the classifier ----------------------------------------------------------------------------
+
+MODELS = "models/fashion_classifier/"
+MODEL_LATEST = MODELS + "LATEST"
+
+
+def model_version(version: str) -> str:
+    """One trained or imported model: ``models/fashion_classifier/<version>/``."""
+    if not version or "/" in version or version in (".", ".."):
+        raise ValueError(f"invalid model version {version!r}")
+    return f"{MODELS}{version}/"
+
+
+def model_keras(version: str) -> str:
+    return model_version(version) + "model.keras"
+
+
+def model_labels(version: str) -> str:
+    return model_version(version) + "labels.json"
+
+
+def model_saved_model(version: str) -> str:
+    """The SavedModel folder (TensorFlow Serving's format), with a trailing '/'."""
+    return model_version(version) + "saved_model/"
+
+
+def model_confusion(version: str) -> str:
+    return model_version(version) + "confusion_article_type.png"
+
+
+# --- scratch space -----------------------------------------------------------------------------
+
+WORK = "_work/"  # a bucket lifecycle rule may expire what failed runs leave here
+STEP_OUTPUTS = "_dagster"  # Dagster's S3 IO manager adds its own '/...' below it
+
+
+def work(run_id: str, asset: str, partition: str) -> str:
+    """One run's work lists for one asset and partition."""
+    return f"{WORK}{run_id}/{asset}/{partition}/"
+
+
+def work_shard(work_prefix: str, index: int) -> str:
+    """A shard's work list (what its step does)."""
+    return f"{work_prefix}shard-{index:05d}.parquet"
+
+
+def work_rows(work_prefix: str, index: int) -> str:
+    """What a shard's step produced, for the commit to combine."""
+    return f"{work_prefix}rows-{index:05d}.parquet"
+
+
+def work_stale(work_prefix: str) -> str:
+    """Objects the commit removes once the new manifest is in."""
+    return work_prefix + "stale.parquet"
