@@ -1,5 +1,6 @@
 """The Dagster CLI and our own CLI as real processes, configured only through the environment."""
 
+import json
 import os
 import subprocess
 import sys
@@ -8,6 +9,7 @@ from pathlib import Path
 from .catalog_files import make_dataset
 
 BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parents[1]
 FASHION_VARS = ("FASHION_DATASET_DIR", "FASHION_CATALOG_URL", "FASHION_STORE_URL", "FASHION_S3_ENDPOINT_URL")
 
 
@@ -25,6 +27,30 @@ def run(args, env_extra, tmp_path, check=True):
 def test_definitions_validate(tmp_path):
     result = run([BIN / "dagster", "definitions", "validate", "-m", "fashion_assets.definitions"], {}, tmp_path)
     assert "Validation successful" in result.stdout + result.stderr
+
+
+def test_the_dg_cli_loads_lists_and_launches_the_same_code_location(tmp_path):
+    """`dg check defs`, `dg list defs`, `dg launch` on this project (``[tool.dg]`` in
+    pyproject.toml), as a user runs them with the virtual environment active."""
+    dataset = make_dataset(tmp_path / "dataset")
+    env = {"VIRTUAL_ENV": str(BIN.parent), "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+           "FASHION_DATASET_DIR": str(dataset), "FASHION_CATALOG_URL": f"sqlite:///{tmp_path / 'catalog.sqlite'}",
+           "FASHION_STORE_URL": str(tmp_path / "store")}
+    dg = [BIN / "dg"]
+    target = ["--target-path", str(ROOT)]
+    checked = run([*dg, "check", "defs", *target], env, tmp_path)
+    assert "All definitions loaded successfully" in checked.stdout + checked.stderr
+
+    listed = json.loads(run([*dg, "list", "defs", "--json", *target], env, tmp_path).stdout)
+    assert [a["asset_key"] for a in listed["assets"]] == [
+        "augmented_set", "fashion_classifier", "image_set", "predictions", "product_images", "products"]
+    assert sorted(s["name"] for s in listed["sensors"]) == ["fashion_automation", "image_query_sensor"]
+    assert "image_set:image_set_matches_manifest" in [c["key"] for c in listed["asset_checks"]]
+
+    launched = run([*dg, "launch", "--assets", "products", *target], env, tmp_path)
+    assert "RUN_SUCCESS" in launched.stdout + launched.stderr
+    summary = run([BIN / "fashion-assets", "summary"], env, tmp_path).stdout
+    assert "12 rows" in summary and "3 rejected" in summary
 
 
 def test_materialize_and_summary_from_the_environment(backend, tmp_path):

@@ -636,10 +636,19 @@ def test_the_executor_is_chosen_by_configuration(chart, code_location, monkeypat
         executor = code_location[variant]["executor"]
         max_concurrent = int(env_of(the_deployment(chart.values(*our_values(variant))))["FASHION_K8S_MAX_CONCURRENT"])
         assert executor["name"] == "k8s_job_executor" and executor["config"]["max_concurrent"] == max_concurrent
+    import dagster as dg
+
     from fashion_assets.core.placement import executor_from_env
 
     monkeypatch.delenv("FASHION_EXECUTOR", raising=False)
-    assert executor_from_env() is None  # locally: Definitions' default, the multiprocess executor
+    # Locally: the run's steps in one process (a process per step only added start-up time on one
+    # machine: bench/overhead.py); the process per step stays a choice.
+    assert executor_from_env() is dg.in_process_executor
+    monkeypatch.setenv("FASHION_EXECUTOR", "multiprocess")
+    assert executor_from_env() is dg.multiprocess_executor
+    monkeypatch.setenv("FASHION_EXECUTOR", "threads")
+    with pytest.raises(ValueError, match="FASHION_EXECUTOR=threads: expected one of in_process, multiprocess, k8s"):
+        executor_from_env()
 
 
 @pytest.mark.parametrize(

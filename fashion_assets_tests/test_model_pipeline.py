@@ -14,7 +14,7 @@ from fashion_assets.augmented_sets.assets import augmented_count_matches, augmen
 from fashion_assets.catalog.assets import product_images, products
 from fashion_assets.classifier import artifacts
 from fashion_assets.classifier.assets import fashion_classifier
-from fashion_assets.classifier.labels import HEADS, build_vocabularies
+from fashion_assets.classifier.labels import HEADS, build_vocabularies, encode_targets, vocabularies_from_classes
 from fashion_assets.classifier.train import TrainConfig, train_classifier
 from fashion_assets.core.storage import LocalObjectStore
 from fashion_assets.image_sets.assets import image_queries, image_set
@@ -38,6 +38,26 @@ def tiny_training_set(n=48, size=32):
         x[i, 8:24, 8:24, k] = rng.integers(0, 60)
         rows.append(dict(zip(HEADS, labels[k], strict=True)))
     return x, rows
+
+
+def test_training_and_an_imported_model_encode_labels_the_same_way():
+    """``encode_targets`` is the one path from catalog labels to class indices (fashion_classifier
+    uses it for training and for evaluating an imported model); it agrees with ``Vocabulary.encode``."""
+    rows = [dict(zip(HEADS, labels, strict=True)) for labels in [
+        ("Apparel", "Topwear", "Tshirts"), ("Apparel", "Topwear", "Tshirts"), ("Apparel", "Bottomwear", "Jeans"),
+        ("Footwear", "Shoes", "Heels"), (None, "", "Tshirts")]]
+    vocab = build_vocabularies(rows, min_examples=2)
+    assert vocab["master_category"].classes == ("Apparel", "other")
+    assert vocab["article_type"].classes == ("Tshirts", "other")
+    targets = encode_targets(rows, vocab)
+    assert {h: targets[h].tolist() for h in HEADS} == {
+        "master_category": [0, 0, 0, 1, 1], "sub_category": [0, 0, 1, 1, 1], "article_type": [0, 0, 1, 1, 0]}
+    assert all(targets[h].tolist() == [vocab[h].encode(r[h]) for r in rows] for h in HEADS)
+
+    imported = vocabularies_from_classes({"master_category": ["Apparel", "Footwear"],
+                                          "sub_category": ["Topwear"], "article_type": ["Heels", "Tshirts"]})
+    assert {h: encode_targets(rows, imported)[h].tolist() for h in HEADS} == {
+        "master_category": [0, 0, 0, 1, -1], "sub_category": [0, 0, -1, -1, -1], "article_type": [1, 1, -1, 0, 1]}
 
 
 def test_model_trains_saves_and_reloads_identically(tmp_path):

@@ -11,18 +11,20 @@ from ..core.reporting import markdown_table
 from ..resources import CatalogDatabase, ObjectStoreResource, S3StoreResource
 from .build import BuildSettings, NotEnoughImages, build_version, catalog_rows
 from .evaluate import per_class_rows
-from .labels import DEFAULT_MIN_EXAMPLES, HEADS
+from .labels import HEADS
 
 
 class ClassifierConfig(dg.Config):
-    image_size: int = 64
+    """The user's choices; defaults are ``build.BuildSettings``'s (the recipe's one source)."""
+
+    image_size: int = BuildSettings.image_size
     """Input size in pixels (square); the catalog's originals are 60x80."""
-    epochs: int = 30
-    batch_size: int = 64
-    min_examples: int = DEFAULT_MIN_EXAMPLES
+    epochs: int = BuildSettings.epochs
+    batch_size: int = BuildSettings.batch_size
+    min_examples: int = BuildSettings.min_examples
     """Classes with fewer training images are folded into 'other'."""
-    validation_fraction: float = 0.15
-    seed: int = 20261123
+    validation_fraction: float = BuildSettings.validation_fraction
+    seed: int = BuildSettings.seed
     model_uri: str | None = None
     """Import this model (.keras file or SavedModel folder; local path or s3://) instead of training."""
     accuracy_floor: float = 0.5
