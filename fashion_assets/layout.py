@@ -101,14 +101,19 @@ def manifest(name: str) -> str:
 # --- augmented sets ----------------------------------------------------------------------------
 
 
+def augmented_sets(name: str) -> str:
+    """Every augmented copy of a set: ``image-sets/<name>/augmented/``."""
+    return f"{image_set(name)}augmented/"
+
+
 def augmented(name: str, digest: str) -> str:
     """One spec's augmented copy of a set: ``image-sets/<name>/augmented/<spec-hash>/``."""
-    return f"{image_set(name)}augmented/{digest}/"
+    return f"{augmented_sets(name)}{digest}/"
 
 
 def augmented_latest(name: str) -> str:
     """Holds the spec hash of the newest augmented set of a query: what ``predictions`` reads."""
-    return f"{image_set(name)}augmented/LATEST"
+    return f"{augmented_sets(name)}LATEST"
 
 
 def augmented_manifest(name: str, digest: str) -> str:
@@ -169,6 +174,14 @@ STEP_OUTPUTS = "_dagster"  # Dagster's S3 IO manager adds its own '/...' below i
 def work(run_id: str, asset: str, partition: str) -> str:
     """One run's work lists for one asset and partition."""
     return f"{WORK}{run_id}/{asset}/{partition}/"
+
+
+def work_run(key: str, asset: str, partition: str) -> str | None:
+    """The run whose work lists for ``asset[partition]`` hold ``key``; None for other keys."""
+    parts = key.split("/")
+    if len(parts) > 4 and f"{parts[0]}/" == WORK and parts[2] == asset and parts[3] == partition:
+        return parts[1]
+    return None
 
 
 def work_shard(work_prefix: str, index: int) -> str:

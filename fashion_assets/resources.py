@@ -25,7 +25,7 @@ from pydantic import Field, PrivateAttr
 
 from . import layout
 from .catalog import tables as _catalog_tables  # noqa: F401  (registers products, product_images)
-from .core import database
+from .core import database, leases
 from .core.storage import LocalObjectStore, ObjectStore, S3ObjectStore, StoreError, parse_s3_url
 from .predictions import table as _predictions_table  # noqa: F401  (registers predictions)
 
@@ -33,6 +33,7 @@ DATASET_DIR_ENV = "FASHION_DATASET_DIR"
 CATALOG_URL_ENV = "FASHION_CATALOG_URL"
 STORE_URL_ENV = "FASHION_STORE_URL"
 S3_ENDPOINT_ENV = "FASHION_S3_ENDPOINT_URL"
+LEASE_TTL_ENV = "FASHION_LEASE_TTL_S"
 
 # In a source checkout (the usual case, `pip install -e .`) defaults live beside the code, so
 # `make demo`, `dagster dev` and the CLI agree wherever they are started from.
@@ -90,6 +91,11 @@ class CatalogDatabase(dg.ConfigurableResource):
     """
 
     url: str = Field(description=f"SQLAlchemy URL ({CATALOG_URL_ENV}); postgresql+psycopg2://... in production.")
+    lease_ttl_s: float = Field(
+        default=leases.DEFAULT_TTL_S,
+        description=f"Seconds a partition's writer may go without renewing its lease before another run may take "
+        f"the partition over ({LEASE_TTL_ENV}; core/leases.py).",
+    )
     _engine: sa.Engine | None = PrivateAttr(default=None)
 
     @property
@@ -237,7 +243,8 @@ def resources_from_env() -> dict[str, Any]:
     store = store_from_env()
     resources = {
         "catalog_source": CatalogSource(dataset_dir=_env_or(DATASET_DIR_ENV, str(SAMPLE_CATALOG_DIR))),
-        "catalog_db": CatalogDatabase(url=_env_or(CATALOG_URL_ENV, DEFAULT_CATALOG_URL)),
+        "catalog_db": CatalogDatabase(url=_env_or(CATALOG_URL_ENV, DEFAULT_CATALOG_URL),
+                                      lease_ttl_s=float(os.environ.get(LEASE_TTL_ENV) or leases.DEFAULT_TTL_S)),
         "store": store,
     }
     io_manager = step_io_manager(store)

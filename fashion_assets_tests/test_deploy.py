@@ -57,6 +57,9 @@ VALUES = {"base": ["values.yaml"], "gpu": ["values.yaml", "values-gpu.yaml"]}
 K8S_VERSIONS = ("1.33.0", kubernetes_validate.utils.latest_version())
 RELEASE = NAMESPACE = "dagster"
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|ACCESS_KEY|CREDENTIAL", re.I)
+# The run queue's only tag limit, the same in dagster.yaml, docker/dagster.compose.yaml and the Helm
+# values: one run at a time per partition key (query name) of image_set, augmented_set, predictions.
+PARTITION_RUN_LIMITS = [{"key": "dagster/partition", "value": {"applyLimitPerUniqueValue": True}, "limit": 1}]
 
 
 def load_yaml(path: Path):
@@ -324,10 +327,11 @@ def test_values_agree_with_dagster_yaml_constraints_and_setup(chart):
     assert values["retention"]["schedule"]["purgeAfterDays"] == instance["retention"]["schedule"]["purge_after_days"]
     assert values["postgresql"]["postgresqlScheme"] == instance["storage"]["postgres"]["postgres_db"]["scheme"]
     # The GPU assets' pool has no limit of its own: the default limit is what caps it.
-    from fashion_assets.core.placement import GPU_POOL, GPU_TAG
+    from fashion_assets.core.placement import GPU_POOL
 
     assert GPU_POOL == "gpu" and concurrency["pools"]["defaultLimit"] >= 1
-    assert {limit["key"] for limit in concurrency["runs"]["tagConcurrencyLimits"]} == {GPU_TAG}
+    # The run queue's tag limit is one run per partition (the GPU steps are capped by the pool).
+    assert concurrency["runs"]["tagConcurrencyLimits"] == PARTITION_RUN_LIMITS
     # Webserver and daemon run the Dagster the user code pins; our images carry the package version.
     dagster = constraint("dagster")
     assert values["dagsterWebserver"]["image"]["tag"] == dagster == values["dagsterDaemon"]["image"]["tag"]
@@ -812,6 +816,8 @@ def test_instance_files():
     instance = load_yaml(ROOT / "dagster.yaml")
     compose_instance = load_yaml(ROOT / "docker" / "dagster.compose.yaml")
     assert {k: v for k, v in compose_instance.items() if k != "run_launcher"} == instance
+    for config in (instance, compose_instance):
+        assert config["concurrency"]["runs"]["tag_concurrency_limits"] == PARTITION_RUN_LIMITS
     assert "run_launcher" not in instance  # Dagster's default locally; the chart sets K8sRunLauncher
     try:  # the launcher's own schema, where dagster-docker is installed (it is in the images)
         from dagster._config import process_config
@@ -825,6 +831,28 @@ def test_instance_files():
     assert {k: v["env"] for k, v in storage.items() if isinstance(v, dict)} == {
         "hostname": "DAGSTER_PG_HOST", "port": "DAGSTER_PG_PORT", "username": "DAGSTER_PG_USER",
         "password": "DAGSTER_PG_PASSWORD", "db_name": "DAGSTER_PG_DB"}
+
+
+def test_the_run_queue_holds_one_run_per_partition():
+    """The run queue's tag limit, applied by Dagster's own counter (the one the QueuedRunCoordinator
+    uses): a second run of a partition waits while the first is in progress; other partitions and
+    unpartitioned runs go ahead."""
+    from dagster._core.storage.dagster_run import DagsterRun
+    from dagster._core.storage.tags import PARTITION_NAME_TAG
+    from dagster._utils.tags import TagConcurrencyLimitsCounter
+
+    limits = load_yaml(ROOT / "dagster.yaml")["concurrency"]["runs"]["tag_concurrency_limits"]
+    assert [limit["key"] for limit in limits] == [PARTITION_NAME_TAG]  # the tag Dagster puts on partitioned runs
+
+    def run(job: str, partition: str | None = None) -> DagsterRun:
+        return DagsterRun(job_name=job, tags={PARTITION_NAME_TAG: partition} if partition else {})
+
+    counter = TagConcurrencyLimitsCounter(limits, [run("__ASSET_JOB", "red dresses")])
+    assert counter.is_blocked(run("__ASSET_JOB", "red dresses"))  # e.g. predictions after image_set
+    assert not counter.is_blocked(run("__ASSET_JOB", "blue shoes"))
+    assert not counter.is_blocked(run("train_job"))
+    counter.update_counters_with_launched_item(run("__ASSET_JOB", "blue shoes"))
+    assert counter.is_blocked(run("__ASSET_JOB", "blue shoes"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -869,5 +897,6 @@ def test_dagster_yaml_records_runs_in_postgres(postgres, tmp_path, monkeypatch):
         concurrency = instance.get_concurrency_config()
         assert concurrency.pool_config.default_pool_limit == instance_config["pools"]["default_limit"]
         assert concurrency.run_queue_config.max_concurrent_runs == instance_config["runs"]["max_concurrent_runs"]
+        assert concurrency.run_queue_config.tag_concurrency_limits == PARTITION_RUN_LIMITS
     # Nothing fell back to SQLite in DAGSTER_HOME.
     assert not list(home.rglob("*.db"))

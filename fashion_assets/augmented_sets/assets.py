@@ -9,13 +9,13 @@ import dagster as dg
 from pydantic import Field, field_validator
 
 from .. import layout
-from ..core.placement import plan_prefix, same_config_for, shard_outputs, step_figures
+from ..core.placement import partition_lease, plan_prefix, same_config_for, shard_outputs, step_figures
 from ..core.progress import Progress
-from ..core.shards import Shard
+from ..core.shards import Shard, remove_leftovers
 from ..image_sets.assets import image_queries
 from ..image_sets.export import read_manifest
-from ..resources import ObjectStoreResource
-from .augment import DEFAULT_SPEC, SpecError, build_pipeline
+from ..resources import CatalogDatabase, ObjectStoreResource
+from .augment import DEFAULT_SPEC, SpecError, build_pipeline, spec_hash
 from .build import (
     AugmentPlan,
     AugmentShardResult,
@@ -25,6 +25,8 @@ from .build import (
     plan_augmentation,
     read_augmented_manifest,
 )
+
+ASSET = "augmented_set"
 
 
 class AugmentConfig(dg.Config):
@@ -57,12 +59,17 @@ class AugmentConfig(dg.Config):
 
 
 @dg.op(ins={"image_set": dg.In(dg.Nothing)}, out={"shards": dg.DynamicOut(Shard), "plan": dg.Out(AugmentPlan)})
-def plan_augmentation_shards(context: dg.OpExecutionContext, config: AugmentConfig, store: ObjectStoreResource):
-    """Finds the images whose variants are missing or stale and writes them as work lists."""
+def plan_augmentation_shards(context: dg.OpExecutionContext, config: AugmentConfig, catalog_db: CatalogDatabase,
+                             store: ObjectStoreResource):
+    """Takes the partition's lease, finds the images whose variants are missing or stale and
+    writes them as work lists."""
     name = context.partition_key
     store_ = store.get_store()
-    plan = plan_augmentation(store_, name, config.spec, config.seed, config.variants,
-                             plan_prefix(context, "augmented_set"), config.shard_size)
+    with partition_lease(context, catalog_db, ASSET):
+        folder = layout.augmented(name, spec_hash(config.spec, config.seed))
+        remove_leftovers(store_, ASSET, name, context.run_id, [folder], store.max_concurrency)
+        plan = plan_augmentation(store_, name, config.spec, config.seed, config.variants,
+                                 plan_prefix(context, ASSET), config.shard_size)
     context.log.info(f"{plan.source_images:,} images in set {name!r}; {plan.todo:,} to augment x{config.variants} "
                      f"in {len(plan.shards)} shard(s), spec {plan.digest}, into {store_.uri(plan.prefix)}")
     yield from shard_outputs(plan.shards)
@@ -70,24 +77,28 @@ def plan_augmentation_shards(context: dg.OpExecutionContext, config: AugmentConf
 
 
 @dg.op
-def augment_shard_images(context: dg.OpExecutionContext, config: AugmentConfig, store: ObjectStoreResource,
-                         plan: AugmentPlan, shard: Shard) -> AugmentShardResult:
+def augment_shard_images(context: dg.OpExecutionContext, config: AugmentConfig, catalog_db: CatalogDatabase,
+                         store: ObjectStoreResource, plan: AugmentPlan, shard: Shard) -> AugmentShardResult:
     """Augments one shard on every core of its step."""
     progress = Progress(f"augmented_set[{plan.name}] shard {shard.index}", shard.items, context.log.info,
                         every_items=1_000)
-    result = augment_shard(store.get_store(), plan, shard, config.spec, config.seed, config.workers,
-                           store.max_concurrency, progress.advance)
+    with partition_lease(context, catalog_db, ASSET):
+        result = augment_shard(store.get_store(), plan, shard, config.spec, config.seed, config.workers,
+                               store.max_concurrency, progress.advance)
     progress.finish()
     return result
 
 
 @dg.op
-def write_augmented_manifest(context: dg.OpExecutionContext, config: AugmentConfig, store: ObjectStoreResource,
-                             plan: AugmentPlan, shards: list[AugmentShardResult]) -> dg.Output[None]:
-    """Writes the manifest once every shard is done, removes stale variants, moves LATEST."""
+def write_augmented_manifest(context: dg.OpExecutionContext, config: AugmentConfig, catalog_db: CatalogDatabase,
+                             store: ObjectStoreResource, plan: AugmentPlan,
+                             shards: list[AugmentShardResult]) -> dg.Output[None]:
+    """Writes the manifest once every shard is done, removes stale variants, moves LATEST, gives
+    the partition's lease back."""
     store_ = store.get_store()
     started = time.monotonic()
-    result = commit_augmentation(store_, plan, shards, store.max_concurrency)
+    with partition_lease(context, catalog_db, ASSET, release=True):
+        result = commit_augmentation(store_, plan, shards, store.max_concurrency)
     seconds = sum(s.seconds for s in result.shards)
     return dg.Output(None, metadata={
         "dagster/row_count": result.rows,

@@ -38,15 +38,16 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 import dagster as dg
 
 from .. import layout
+from . import leases
 from .progress import peak_rss_mb
 from .reporting import markdown_table
 from .shards import Shard, ShardPlan, ShardStats
 
-GPU_TAG = "fashion-assets/gpu"
 GPU_POOL = "gpu"  # Dagster concurrency pool of the GPU steps: caps how many run at once
 
 
@@ -85,7 +86,7 @@ def gpu_op_tags() -> dict:
     TensorFlow uses the CPU; otherwise they would wait forever for a GPU that never comes."""
     if os.environ.get("FASHION_GPU_COUNT", "1") == "0":
         return {}
-    return {"dagster-k8s/config": gpu_k8s_config(), GPU_TAG: "true"}
+    return {"dagster-k8s/config": gpu_k8s_config()}
 
 
 EXECUTORS = ("in_process", "multiprocess", "k8s")
@@ -119,6 +120,38 @@ def same_config_for(config_class: type[dg.Config], *op_names: str) -> dg.ConfigM
         return {name: {"config": dict(config)} for name in op_names}
 
     return dg.ConfigMapping(config_fn=config_fn)
+
+
+@contextmanager
+def partition_lease(context: dg.OpExecutionContext, catalog_db, asset: str,
+                    release: bool = False) -> Iterator[leases.Heartbeat]:
+    """This run's lease on ``asset[partition]`` (``core.leases``) for the length of one step.
+
+    Every step of a sharded asset takes it (``PartitionBusy`` names the run that holds it, and
+    the step fails before writing), renews it while it works, and the commit step gives it back
+    once everything is written. Every step, not only the planner: a re-execution from failure is
+    a new run that starts at the failed shard, and it takes the partition over from the failed
+    run, which the instance reports finished. A holding run that died unnoticed (``kill -9``)
+    frees the partition after the TTL (``catalog_db.lease_ttl_s``)."""
+    engine = catalog_db.engine
+
+    def run_finished(run_id: str) -> bool:
+        run = context.instance.get_run_by_id(run_id)
+        return run is not None and run.is_finished
+
+    try:
+        lease = leases.acquire(engine, asset, context.partition_key, context.run_id, catalog_db.lease_ttl_s,
+                               run_finished)
+    except leases.PartitionBusy as exc:
+        raise dg.Failure(str(exc), allow_retries=False) from None
+    if lease.took_over_from:
+        context.log.warning(f"{lease.name}: took the partition over from run {lease.took_over_from}, "
+                            "which has ended or stopped renewing its lease")
+    with leases.Heartbeat(engine, lease) as heartbeat:
+        yield heartbeat
+        heartbeat.check()
+    if release:
+        leases.release(engine, lease)
 
 
 def plan_prefix(context: dg.OpExecutionContext, asset: str) -> str:

@@ -113,3 +113,14 @@ def write_keys(store: ObjectStore, key: str, keys: Iterable[str]) -> int:
 def delete_listed(store: ObjectStore, key: str, workers: int = 16) -> int:
     """Delete every object a ``write_keys`` file lists."""
     return delete_keys(store, read_parquet(store, key).column("key").to_pylist(), workers)
+
+
+def remove_leftovers(store: ObjectStore, asset: str, partition: str, run_id: str, folders: Iterable[str],
+                     workers: int = 16) -> int:
+    """What earlier runs of ``asset[partition]`` that died left behind: their work lists, and the
+    temporary files of writes in flight in ``folders`` (or of single objects: see
+    ``ObjectStore.remove_temporary``). Only while holding the partition's
+    lease (``core.leases``): then no other run is writing there."""
+    stale = [obj.key for obj in store.list(layout.WORK)
+             if layout.work_run(obj.key, asset, partition) not in (None, run_id)]
+    return delete_keys(store, stale, workers) + sum(store.remove_temporary(folder) for folder in folders)

@@ -83,6 +83,12 @@ class ObjectStore(ABC):
     def copy(self, src_key: str, dst_key: str) -> None:
         """Copy inside the store without moving the bytes through this process where possible."""
 
+    def remove_temporary(self, prefix: str) -> int:
+        """Delete what writes killed in flight left in the folder ``prefix`` (ending in '/') or of
+        the one object ``prefix`` (nothing on a store whose writes are atomic requests); returns
+        how many. Only for the partition's lease holder."""
+        return 0
+
 
 class LocalObjectStore(ObjectStore):
     """A folder on disk. Writes are atomic (temporary file + rename), so a reader or a crash
@@ -154,11 +160,32 @@ class LocalObjectStore(ObjectStore):
         dst.parent.mkdir(parents=True, exist_ok=True)
         tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
         try:
-            # A hard link costs no space and no copy; fall back to a copy across file systems.
-            os.link(src, tmp)
-        except OSError:
-            shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
+            try:
+                # A hard link costs no space and no copy; fall back to a copy across file systems.
+                os.link(src, tmp)
+            except OSError:
+                shutil.copyfile(src, tmp)
+            # When dst is already a link to the same file, rename() does nothing and leaves tmp.
+            os.replace(tmp, dst)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def remove_temporary(self, prefix: str) -> int:
+        """The hidden ``.<name>.<...>`` files of writes and copies that a killed process left: in
+        the folder ``prefix`` when it ends in '/' (not in its subfolders, which other assets may
+        be writing), else those of the one object ``prefix``."""
+        folder, _, name = prefix.rpartition("/")
+        folder_path = self.root / folder if folder else self.root
+        if not folder_path.is_dir():
+            return 0
+        removed = 0
+        with os.scandir(folder_path) as entries:
+            for entry in entries:
+                if (entry.is_file() and entry.name.startswith(f".{name}")
+                        and not entry.name.startswith(".write-check-")):
+                    Path(entry.path).unlink(missing_ok=True)
+                    removed += 1
+        return removed
 
 
 class S3ObjectStore(ObjectStore):

@@ -10,16 +10,17 @@ import dagster as dg
 from pydantic import Field
 
 from .. import layout
-from ..core.placement import plan_prefix, same_config_for, shard_outputs, step_figures
+from ..core.placement import partition_lease, plan_prefix, same_config_for, shard_outputs, step_figures
 from ..core.progress import Progress
 from ..core.reporting import markdown_table
-from ..core.shards import Shard
+from ..core.shards import Shard, remove_leftovers
 from ..resources import CatalogDatabase, ObjectStoreResource
 from .export import ExportPlan, ExportShardResult, commit_export, export_shard, plan_export, read_manifest
 from .registry import QueryRegistry
 from .sandbox import DEFAULT_TIMEOUT_S, SqlSandbox
 
 image_queries = dg.DynamicPartitionsDefinition(name="image_queries")
+ASSET = "image_set"
 
 
 class ImageSetConfig(dg.Config):
@@ -37,16 +38,22 @@ class ImageSetConfig(dg.Config):
 )
 def select_images(context: dg.OpExecutionContext, config: ImageSetConfig, catalog_db: CatalogDatabase,
                   store: ObjectStoreResource):
-    """Runs the query in the sandbox (read-only, with a timeout, streamed) and writes the work lists."""
+    """Takes the partition's lease, runs the query in the sandbox (read-only, with a timeout,
+    streamed) and writes the work lists."""
     name = context.partition_key
     store_ = store.get_store()
-    sql = QueryRegistry(store_).get(name)
-    context.log.info(f"Query {name!r}:\n{sql}")
-    sandbox = SqlSandbox(catalog_db.engine, timeout_s=config.query_timeout_s)
-    progress = Progress(f"image_set[{name}] ids", None, context.log.info, every_items=50_000)
-    plan = plan_export(name, sql, sandbox, store_, plan_prefix(context, "image_set"), config.shard_size,
-                       on_progress=progress.advance)
-    progress.finish()
+    with partition_lease(context, catalog_db, ASSET):
+        removed = remove_leftovers(store_, ASSET, name, context.run_id, [layout.set_images(name)],
+                                   store.max_concurrency)
+        if removed:
+            context.log.info(f"Removed {removed:,} work lists and temporary files that earlier, killed runs left")
+        sql = QueryRegistry(store_).get(name)
+        context.log.info(f"Query {name!r}:\n{sql}")
+        sandbox = SqlSandbox(catalog_db.engine, timeout_s=config.query_timeout_s)
+        progress = Progress(f"image_set[{name}] ids", None, context.log.info, every_items=50_000)
+        plan = plan_export(name, sql, sandbox, store_, plan_prefix(context, ASSET), config.shard_size,
+                           on_progress=progress.advance)
+        progress.finish()
     context.log.info(f"{plan.selected:,} ids selected, {plan.exported:,} with an image, in "
                      f"{len(plan.shards)} shard(s) of up to {config.shard_size:,}; {plan.missing:,} without an image")
     yield from shard_outputs(plan.shards)
@@ -54,22 +61,26 @@ def select_images(context: dg.OpExecutionContext, config: ImageSetConfig, catalo
 
 
 @dg.op
-def copy_image_shard(context: dg.OpExecutionContext, config: ImageSetConfig, store: ObjectStoreResource,
-                     shard: Shard) -> ExportShardResult:
+def copy_image_shard(context: dg.OpExecutionContext, config: ImageSetConfig, catalog_db: CatalogDatabase,
+                     store: ObjectStoreResource, shard: Shard) -> ExportShardResult:
     """Copies one shard's images into the set: server-side on S3, hard links locally."""
     progress = Progress(f"image_set[{context.partition_key}] shard {shard.index}", shard.items, context.log.info)
-    result = export_shard(store.get_store(), shard, config.workers or store.max_concurrency, progress.advance)
+    with partition_lease(context, catalog_db, ASSET):
+        result = export_shard(store.get_store(), shard, config.workers or store.max_concurrency, progress.advance)
     progress.finish()
     return result
 
 
 @dg.op
-def write_image_manifest(context: dg.OpExecutionContext, config: ImageSetConfig, store: ObjectStoreResource,
-                         plan: ExportPlan, shards: list[ExportShardResult]) -> dg.Output[None]:
-    """Writes the manifest once every shard is in place, then removes images no longer selected."""
+def write_image_manifest(context: dg.OpExecutionContext, config: ImageSetConfig, catalog_db: CatalogDatabase,
+                         store: ObjectStoreResource, plan: ExportPlan,
+                         shards: list[ExportShardResult]) -> dg.Output[None]:
+    """Writes the manifest once every shard is in place, then removes images no longer selected,
+    then gives the partition's lease back."""
     store_ = store.get_store()
     started = time.monotonic()
-    result = commit_export(store_, plan, shards, config.workers or store.max_concurrency)
+    with partition_lease(context, catalog_db, ASSET, release=True):
+        result = commit_export(store_, plan, shards, config.workers or store.max_concurrency)
     copied, unchanged = result.total("copied"), result.total("unchanged")
     context.log.info(f"{plan.exported:,} images in the set: {copied:,} copied, {unchanged:,} unchanged, "
                      f"{result.removed:,} removed, {plan.missing:,} selected ids without an image")

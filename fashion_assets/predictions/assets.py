@@ -11,10 +11,18 @@ from pydantic import Field
 from .. import layout
 from ..classifier.labels import HEADS
 from ..core.parquet import read_parquet
-from ..core.placement import GPU_POOL, gpu_op_tags, plan_prefix, same_config_for, shard_outputs, step_figures
+from ..core.placement import (
+    GPU_POOL,
+    gpu_op_tags,
+    partition_lease,
+    plan_prefix,
+    same_config_for,
+    shard_outputs,
+    step_figures,
+)
 from ..core.progress import Progress
 from ..core.reporting import markdown_table
-from ..core.shards import Shard
+from ..core.shards import Shard, remove_leftovers
 from ..image_sets.assets import image_queries
 from ..resources import CatalogDatabase, ObjectStoreResource
 from .build import (
@@ -25,6 +33,8 @@ from .build import (
     plan_predictions,
     predict_shard,
 )
+
+ASSET = "predictions"
 
 
 class PredictionsConfig(dg.Config):
@@ -39,10 +49,14 @@ class PredictionsConfig(dg.Config):
     ins={"image_set": dg.In(dg.Nothing), "augmented_set": dg.In(dg.Nothing), "fashion_classifier": dg.In(dg.Nothing)},
     out={"shards": dg.DynamicOut(Shard), "plan": dg.Out(PredictPlan)},
 )
-def plan_prediction_shards(context: dg.OpExecutionContext, config: PredictionsConfig, store: ObjectStoreResource):
-    """Picks the inputs and the model version (LATEST, now) and writes the work lists."""
-    plan = plan_predictions(store.get_store(), context.partition_key, config.source,
-                            plan_prefix(context, "predictions"), config.shard_size)
+def plan_prediction_shards(context: dg.OpExecutionContext, config: PredictionsConfig, catalog_db: CatalogDatabase,
+                           store: ObjectStoreResource):
+    """Takes the partition's lease, picks the inputs and the model version (LATEST, now) and
+    writes the work lists."""
+    name, store_ = context.partition_key, store.get_store()
+    with partition_lease(context, catalog_db, ASSET):
+        remove_leftovers(store_, ASSET, name, context.run_id, [layout.predictions(name)], store.max_concurrency)
+        plan = plan_predictions(store_, name, config.source, plan_prefix(context, ASSET), config.shard_size)
     context.log.info(f"Predicting {plan.inputs:,} {config.source} images of {plan.name!r} with model "
                      f"{plan.model_version}, in {len(plan.shards)} shard(s)")
     yield from shard_outputs(plan.shards)
@@ -52,12 +66,14 @@ def plan_prediction_shards(context: dg.OpExecutionContext, config: PredictionsCo
 # The step that wants a GPU: on Kubernetes it lands on a GPU node (dagster-k8s/config), and the
 # `gpu` pool caps how many run at once.
 @dg.op(tags=gpu_op_tags(), pool=GPU_POOL)
-def predict_shard_images(context: dg.OpExecutionContext, config: PredictionsConfig, store: ObjectStoreResource,
-                         plan: PredictPlan, shard: Shard) -> PredictShardResult:
+def predict_shard_images(context: dg.OpExecutionContext, config: PredictionsConfig, catalog_db: CatalogDatabase,
+                         store: ObjectStoreResource, plan: PredictPlan, shard: Shard) -> PredictShardResult:
     """Batched inference over one shard: a tf.data pipeline decodes in parallel and prefetches."""
     progress = Progress(f"predictions[{plan.name}] shard {shard.index}", shard.items, context.log.info,
                         every_items=5_000)
-    result = predict_shard(store.get_store(), plan, shard, config.batch_size, store.max_concurrency, progress.advance)
+    with partition_lease(context, catalog_db, ASSET):
+        result = predict_shard(store.get_store(), plan, shard, config.batch_size, store.max_concurrency,
+                               progress.advance)
     progress.finish()
     return result
 
@@ -65,10 +81,12 @@ def predict_shard_images(context: dg.OpExecutionContext, config: PredictionsConf
 @dg.op
 def write_predictions(context: dg.OpExecutionContext, config: PredictionsConfig, catalog_db: CatalogDatabase,
                       store: ObjectStoreResource, plan: PredictPlan, shards: list[PredictShardResult]) -> dg.Output[None]:
-    """Replaces the partition's rows in one transaction and writes the Parquet copy."""
+    """Replaces the partition's rows in one transaction, writes the Parquet copy, gives the
+    partition's lease back."""
     store_ = store.get_store()
     started = time.monotonic()
-    result = commit_predictions(catalog_db.engine, store_, plan, shards, store.max_concurrency)
+    with partition_lease(context, catalog_db, ASSET, release=True):
+        result = commit_predictions(catalog_db.engine, store_, plan, shards, store.max_concurrency)
     seconds = sum(s.seconds for s in result.shards)
     preview_columns = ["id", "variant", *[f"{h}_label" for h in HEADS], "article_type_confidence"]
     return dg.Output(None, metadata={
