@@ -8,7 +8,8 @@ Two layers, so one mistake in either is not enough to change the catalog:
    DDL, DML, ATTACH, PRAGMA, VACUUM INTO, COPY and anything that does not parse are refused.
 2. The database enforces read-only execution itself: PostgreSQL runs it in a READ ONLY
    transaction with ``statement_timeout``; SQLite opens the file with ``mode=ro`` and an
-   authorizer that allows reading only, with a progress handler as the timeout.
+   authorizer that allows reading only, with a progress handler as the timeout. (Before that
+   open, a crashed writer's hot journal is rolled back, which a read-only connection cannot do.)
 
 Rows are streamed in chunks (a server-side cursor on PostgreSQL), so a query selecting millions
 of ids never holds them all in memory. In production, also give the pipeline's catalog user only
@@ -17,11 +18,13 @@ SELECT rights: a third layer that costs nothing.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import sqlalchemy as sa
 import sqlglot
@@ -29,6 +32,8 @@ from sqlglot import exp
 
 DEFAULT_TIMEOUT_S = 60.0
 DEFAULT_CHUNK_ROWS = 10_000
+# How long crash recovery waits for a writer's lock before leaving the file to the read-only path.
+RECOVERY_BUSY_TIMEOUT_S = 5.0
 
 # Functions that read or write the server's files, run other SQL, reach other servers, or change
 # server state. Matched on the lower-cased name; prefixes end in "_".
@@ -168,6 +173,7 @@ class SqlSandbox:
         path = self.engine.url.database
         if not path or path == ":memory:":
             raise SqlRejected("image queries need a file-backed SQLite catalog")
+        _recover_sqlite_hot_journal(path)
         # A separate connection that SQLite itself opens read-only, not read-only by convention.
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
         deadline = time.monotonic() + self.timeout_s
@@ -191,6 +197,37 @@ class SqlSandbox:
             raise SqlRejected(f"the database rejected the query: {exc}") from None
         finally:
             conn.close()
+
+
+def _recover_sqlite_hot_journal(path: str, busy_timeout_s: float = RECOVERY_BUSY_TIMEOUT_S) -> None:
+    """Roll back what a crashed writer left behind, so the read-only connection can read.
+
+    A writer killed mid-transaction leaves a hot ``<db>-journal`` (or, in WAL mode, a ``-wal``
+    file). SQLite rolls it back on the next read of the file, but only from a connection that may
+    write: a ``mode=ro`` connection fails with "attempt to write a readonly database" instead, so
+    without this every sandbox query fails until some writer happens to open the catalog.
+
+    So when such a file is there and non-empty, open one ordinary read-write connection and read
+    the schema cookie (``PRAGMA schema_version``): taking the shared lock for that read is what
+    makes SQLite play back a hot journal. A read, not ``BEGIN IMMEDIATE``, so a live writer's
+    transaction is not waited out (its journal is not hot: it holds a lock). The connection runs
+    nothing of the user's, and a writer's own crash recovery changes no committed data. If the
+    database is busy or anything else goes wrong, give up quietly: the read-only open that follows
+    reports whatever is really wrong. ``mode=rw`` never creates a missing file.
+    """
+    if not any(os.path.isfile(f"{path}{suffix}") and os.path.getsize(f"{path}{suffix}") > 0
+               for suffix in ("-journal", "-wal")):
+        return
+    try:
+        conn = sqlite3.connect(f"{Path(path).absolute().as_uri()}?mode=rw", uri=True, timeout=busy_timeout_s)
+    except sqlite3.Error:
+        return
+    try:
+        conn.execute("PRAGMA schema_version").fetchall()
+    except sqlite3.Error:
+        pass
+    finally:
+        conn.close()
 
 
 _SQLITE_ALLOWED = {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_RECURSIVE}
