@@ -53,7 +53,7 @@ def cmd_query_add(args: argparse.Namespace) -> int:
     name = check_name(args.name)
     sql = Path(args.file).read_text(encoding="utf-8") if args.file else args.sql
     with _resources() as resources:
-        sandbox = SqlSandbox(resources.catalog_db.engine, timeout_s=args.timeout)
+        sandbox = SqlSandbox(resources.catalog_db.query_engine, timeout_s=args.timeout)
         columns = sandbox.columns(sql)  # parses, then lets the database check names and types
         QueryRegistry(resources.store.get_store()).put(name, sql)
     with _instance() as instance:

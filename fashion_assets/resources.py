@@ -8,6 +8,8 @@ Unset means the embedded default: a SQLite file and a local folder under ``data/
 |---------------------------|-------------------------------------------|---------------------------------|
 | FASHION_DATASET_DIR       | folder with styles.csv and images/        | examples/sample-catalog         |
 | FASHION_CATALOG_URL       | SQLAlchemy URL of the catalog database    | sqlite:///data/catalog.sqlite   |
+| FASHION_QUERY_URL         | read-only role for users' queries         | FASHION_CATALOG_URL             |
+| FASHION_LEASE_TTL_S       | partition lease without renewal (s)       | 120                             |
 | FASHION_STORE_URL         | local folder, or s3://bucket/prefix       | data/store                      |
 | FASHION_S3_ENDPOINT_URL   | S3-compatible endpoint (MinIO...)         | AWS                             |
 | AWS_ACCESS_KEY_ID, ...    | S3 credentials                            | boto3's usual chain (IRSA...)   |
@@ -34,6 +36,7 @@ CATALOG_URL_ENV = "FASHION_CATALOG_URL"
 STORE_URL_ENV = "FASHION_STORE_URL"
 S3_ENDPOINT_ENV = "FASHION_S3_ENDPOINT_URL"
 LEASE_TTL_ENV = "FASHION_LEASE_TTL_S"
+QUERY_URL_ENV = "FASHION_QUERY_URL"
 
 # In a source checkout (the usual case, `pip install -e .`) defaults live beside the code, so
 # `make demo`, `dagster dev` and the CLI agree wherever they are started from.
@@ -86,21 +89,44 @@ class CatalogSource(dg.ConfigurableResource):
 class CatalogDatabase(dg.ConfigurableResource):
     """The catalog's SQL database: SQLite by default, PostgreSQL in production.
 
-    Every table (``catalog.tables``, ``predictions.table``) is created on first use; a database
-    that cannot be reached fails the step at once, with the URL shown password-masked.
+    Two connections with two rights: ``url`` is the writer's (ingest, predictions, leases);
+    ``query_url``, when set, is the read-only role users' SQL runs with (``image_sets.sandbox``);
+    unset, queries use the writer's URL, still inside the sandbox's read-only transaction.
+
+    Every table (``catalog.tables``, ``predictions.table``, ``core.leases``) is created on first
+    use; a database that cannot be reached fails the step at once, with the URL shown
+    password-masked.
     """
 
     url: str = Field(description=f"SQLAlchemy URL ({CATALOG_URL_ENV}); postgresql+psycopg2://... in production.")
+    query_url: str | None = Field(
+        default=None,
+        description=f"SQLAlchemy URL of a read-only role for users' queries ({QUERY_URL_ENV}); default: url.",
+    )
     lease_ttl_s: float = Field(
         default=leases.DEFAULT_TTL_S,
         description=f"Seconds a partition's writer may go without renewing its lease before another run may take "
         f"the partition over ({LEASE_TTL_ENV}; core/leases.py).",
     )
     _engine: sa.Engine | None = PrivateAttr(default=None)
+    _query_engine: sa.Engine | None = PrivateAttr(default=None)
 
     @property
     def display_url(self) -> str:
         return database.masked(self.url)
+
+    @property
+    def query_engine(self) -> sa.Engine:
+        """What the sandbox runs users' SQL with: the read-only role when ``query_url`` is set."""
+        if not self.query_url or self.query_url == self.url:
+            return self.engine
+        if self._query_engine is None:
+            self.engine  # noqa: B018 - the writer creates the tables the reader reads
+            try:
+                self._query_engine = database.create_engine(self.query_url)
+            except Exception as exc:  # bad scheme, missing driver...
+                raise ConfigurationError(f"{QUERY_URL_ENV}={database.masked(self.query_url)}: {exc}") from None
+        return self._query_engine
 
     @property
     def engine(self) -> sa.Engine:
@@ -122,8 +148,9 @@ class CatalogDatabase(dg.ConfigurableResource):
         self.engine  # noqa: B018 - connect now, so a wrong URL fails before any work
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
-        if self._engine is not None:
-            self._engine.dispose()
+        for engine in (self._engine, self._query_engine):
+            if engine is not None:
+                engine.dispose()
 
 
 class ObjectStoreResource(dg.ConfigurableResource):
@@ -244,6 +271,7 @@ def resources_from_env() -> dict[str, Any]:
     resources = {
         "catalog_source": CatalogSource(dataset_dir=_env_or(DATASET_DIR_ENV, str(SAMPLE_CATALOG_DIR))),
         "catalog_db": CatalogDatabase(url=_env_or(CATALOG_URL_ENV, DEFAULT_CATALOG_URL),
+                                      query_url=_env_or(QUERY_URL_ENV, None),
                                       lease_ttl_s=float(os.environ.get(LEASE_TTL_ENV) or leases.DEFAULT_TTL_S)),
         "store": store,
     }

@@ -130,7 +130,8 @@ def write_augmented_manifest(context: dg.OpExecutionContext, config: AugmentConf
                            "write_augmented_manifest"),
     # Follows its image set: a new or changed set is augmented without anyone asking (under the
     # daemon; see sensors.fashion_automation).
-    automation_condition=dg.AutomationCondition.eager(),
+    # ... once its inputs' blocking checks pass: a set whose manifest lies is not built on.
+    automation_condition=dg.AutomationCondition.eager() & dg.AutomationCondition.all_deps_blocking_checks_passed(),
 )
 def augmented_set(image_set):
     """``variants`` augmented copies of every image of the set, as

@@ -14,6 +14,7 @@ from ..core.placement import partition_lease, plan_prefix, same_config_for, shar
 from ..core.progress import Progress
 from ..core.reporting import markdown_table
 from ..core.shards import Shard, remove_leftovers
+from ..core.storage import md5_hex
 from ..resources import CatalogDatabase, ObjectStoreResource
 from .export import ExportPlan, ExportShardResult, commit_export, export_shard, plan_export, read_manifest
 from .registry import QueryRegistry
@@ -21,6 +22,17 @@ from .sandbox import DEFAULT_TIMEOUT_S, SqlSandbox
 
 image_queries = dg.DynamicPartitionsDefinition(name="image_queries")
 ASSET = "image_set"
+SQL_MD5 = "sql_md5"
+
+# Sets follow the catalog: when products or product_images are re-ingested, every set is
+# re-materialised (incrementally: only images whose selection or bytes changed move). New
+# partitions are not this condition's business: image_query_sensor requests their first run.
+FOLLOWS_THE_CATALOG = (
+    dg.AutomationCondition.any_deps_updated().since_last_handled()
+    & ~dg.AutomationCondition.any_deps_missing()
+    & ~dg.AutomationCondition.any_deps_in_progress()
+    & ~dg.AutomationCondition.in_progress()
+).with_label("follows the catalog")
 
 
 class ImageSetConfig(dg.Config):
@@ -49,7 +61,7 @@ def select_images(context: dg.OpExecutionContext, config: ImageSetConfig, catalo
             context.log.info(f"Removed {removed:,} work lists and temporary files that earlier, killed runs left")
         sql = QueryRegistry(store_).get(name)
         context.log.info(f"Query {name!r}:\n{sql}")
-        sandbox = SqlSandbox(catalog_db.engine, timeout_s=config.query_timeout_s)
+        sandbox = SqlSandbox(catalog_db.query_engine, timeout_s=config.query_timeout_s)
         progress = Progress(f"image_set[{name}] ids", None, context.log.info, every_items=50_000)
         plan = plan_export(name, sql, sandbox, store_, plan_prefix(context, ASSET), config.shard_size,
                            on_progress=progress.advance)
@@ -88,6 +100,8 @@ def write_image_manifest(context: dg.OpExecutionContext, config: ImageSetConfig,
     preview_columns = ["id", "article_type", "base_colour", "gender", "product_display_name", "key"]
     return dg.Output(None, metadata={
         "sql": dg.MetadataValue.md(f"```sql\n{plan.sql.strip()}\n```"),
+        # What the sensor compares a query file with (see sensors.py): the MD5 of the SQL as stored.
+        SQL_MD5: md5_hex(plan.sql.encode("utf-8")),
         "dagster/row_count": plan.exported,
         "selected": plan.selected,
         "copied": copied,
@@ -117,6 +131,7 @@ def write_image_manifest(context: dg.OpExecutionContext, config: ImageSetConfig,
     ins={"products": dg.AssetIn(dagster_type=dg.Nothing), "product_images": dg.AssetIn(dagster_type=dg.Nothing)},
     kinds={"s3", "parquet"},
     config=same_config_for(ImageSetConfig, "select_images", "copy_image_shard", "write_image_manifest"),
+    automation_condition=FOLLOWS_THE_CATALOG,
 )
 def image_set(products, product_images):
     """The images a query selects, copied to ``image-sets/<name>/images/<id>.jpg``, with
@@ -131,7 +146,10 @@ def image_set(products, product_images):
     return write_image_manifest(plan, shards.map(copy_image_shard).collect())
 
 
-@dg.asset_check(asset=image_set, description="Every image the manifest lists is in the store with its MD5.")
+# Blocking: a set whose manifest lies is not augmented or predicted in the same run, and
+# declarative automation waits for a passing check (all_deps_blocking_checks_passed).
+@dg.asset_check(asset=image_set, blocking=True,
+                description="Every image the manifest lists is in the store with its MD5.")
 def image_set_matches_manifest(context: dg.AssetCheckExecutionContext, store: ObjectStoreResource) -> dg.AssetCheckResult:
     name = context.partition_key if context.has_partition_key else None
     store_ = store.get_store()

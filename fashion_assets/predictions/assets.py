@@ -115,7 +115,8 @@ def write_predictions(context: dg.OpExecutionContext, config: PredictionsConfig,
     kinds={"tensorflow", "sql", "parquet"},
     config=same_config_for(PredictionsConfig, "plan_prediction_shards", "predict_shard_images", "write_predictions"),
     # Re-tags a set when the set, its augmented copy or the model changes.
-    automation_condition=dg.AutomationCondition.eager(),
+    # ... once its inputs' blocking checks pass: a set whose manifest lies is not built on.
+    automation_condition=dg.AutomationCondition.eager() & dg.AutomationCondition.all_deps_blocking_checks_passed(),
 )
 def predictions(image_set, augmented_set, fashion_classifier):
     """Master category, sub category and article type for every image of the set, with
@@ -132,7 +133,7 @@ def _stored_predictions(context: dg.AssetCheckExecutionContext, store: ObjectSto
     return store_, read_parquet(store_, layout.predictions(context.partition_key), columns)
 
 
-@dg.asset_check(asset=predictions, description="One prediction row per input image.")
+@dg.asset_check(asset=predictions, blocking=True, description="One prediction row per input image.")
 def one_row_per_input(context: dg.AssetCheckExecutionContext, store: ObjectStoreResource) -> dg.AssetCheckResult:
     store_, table = _stored_predictions(context, store, ["source"])
     source = table.column("source")[0].as_py() if table.num_rows else "original"
