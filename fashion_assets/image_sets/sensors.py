@@ -1,17 +1,29 @@
-"""``image_query_sensor``: a new or changed ``queries/<name>.sql`` in the store becomes a run.
+"""``image_query_sensor``: a ``queries/<name>.sql`` whose SQL is not what its set was last
+materialised with becomes a run.
 
-The cursor (JSON ``{"queries": {name: md5}, "ignored": [...]}``) lives in Dagster's sensor cursor, so a daemon restart neither
-forgets what it has seen nor replays it. A query that does not validate is logged and skipped
-until its file changes; the sensor keeps running.
+The sensor follows what ran, not only what it saw: for a query file it has not handled yet, it
+compares the file's MD5 with the ``sql_md5`` of the partition's latest materialisation (older
+materialisations carry only their ``sql``, which it hashes the same way). So reverting a query
+(A -> B -> A) re-runs it, and the first tick after ``make demo`` requests nothing, since the
+demo's sets were made with the files as they are.
+
+The cursor (JSON ``{"queries": {name: md5}, "ignored": [...]}``) lives in Dagster's sensor
+cursor and records which version of each file was handled (requested, found up to date, or
+refused), so a daemon restart neither forgets nor replays. A run key names the partition, the
+SQL's MD5 and the materialisation it starts from, so it is unique per request and a repeated
+evaluation of the same state cannot launch the same run twice. A query that does not validate
+is logged and skipped until its file changes; the sensor keeps running.
 """
 
 import json
+import re
 
 import dagster as dg
 
 from .. import layout
 from ..resources import CatalogDatabase, ObjectStoreResource
-from .assets import image_queries, image_set
+from ..core.storage import md5_hex
+from .assets import SQL_MD5, image_queries, image_set
 from .registry import QueryRegistry
 from .sandbox import SqlRejected, dialect_of, validate_sql
 
@@ -36,18 +48,24 @@ def image_query_sensor(
     for name, md5 in sorted(current.items()):
         if seen.get(name) == md5:
             continue
+        seen[name] = md5
         try:
             validate_sql(registry.get(name), dialect)
         except SqlRejected as exc:
             context.log.warning(f"{layout.query(name)} is skipped until it changes: {exc}")
             continue
-        finally:
-            seen[name] = md5
         if name not in known_partitions:
             new_partitions.append(name)
+            latest_md5, since = None, "none"
+        else:
+            latest_md5, since = latest_sql_md5(context.instance, name)
+        if latest_md5 == md5:
+            context.log.info(f"{layout.query(name)} is what image_set[{name}] was last made with: nothing to do")
+            continue
         change = "new" if name in new_partitions else "changed"
         context.log.info(f"{layout.query(name)} is {change}: requesting a run")
-        run_requests.append(dg.RunRequest(partition_key=name, run_key=f"{name}:{md5}", tags={"fashion-assets/query": name}))
+        run_requests.append(dg.RunRequest(partition_key=name, run_key=f"{name}:{md5}:{since}",
+                                          tags={"fashion-assets/query": name}))
     ignored = registry.invalid_names()
     for name in set(ignored) - set(state.get("ignored", [])):  # say it once, not every tick
         context.log.warning(f"{layout.QUERIES}{name} is ignored: expected queries/<slug>.sql")
@@ -59,3 +77,22 @@ def image_query_sensor(
         dynamic_partitions_requests=[image_queries.build_add_request(new_partitions)] if new_partitions else [],
         cursor=json.dumps({"queries": seen, "ignored": ignored}, sort_keys=True),
     )
+
+
+_SQL_BLOCK = re.compile(r"\A```sql\n(.*)\n```\Z", re.DOTALL)
+
+
+def latest_sql_md5(instance: dg.DagsterInstance, name: str) -> tuple[str | None, str]:
+    """(MD5 of the SQL, storage id) of ``image_set[name]``'s latest materialisation; (None,
+    "none") when it has none."""
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=image_set.key, asset_partitions=[name]), limit=1).records
+    if not records or records[0].asset_materialization is None:
+        return None, "none"
+    metadata = records[0].asset_materialization.metadata
+    if SQL_MD5 in metadata:
+        return str(metadata[SQL_MD5].value), str(records[0].storage_id)
+    # Materialised before sql_md5 existed: its SQL, as the registry stores it (stripped + "\n").
+    block = _SQL_BLOCK.match(str(metadata["sql"].value)) if "sql" in metadata else None
+    sql_md5 = md5_hex((block.group(1).strip() + "\n").encode("utf-8")) if block else None
+    return sql_md5, str(records[0].storage_id)
