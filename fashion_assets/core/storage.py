@@ -30,10 +30,16 @@ class StoreError(RuntimeError):
 
 @dataclass(frozen=True)
 class StoredObject:
+    """One object as a listing reports it: no listing reads or hashes an object's bytes."""
+
     key: str
-    size: int
-    # Hex MD5 of the content where the store knows it cheaply; None where it does not (an S3
-    # multipart or SSE-KMS ETag is not an MD5), which callers treat as "unknown, rewrite".
+    size: int  # bytes, as the store reports them (``stat()`` locally, ``Size`` on S3)
+    # Hex MD5 of the content where the store knows it *cheaply and reliably*; None means "not
+    # known cheaply", never "changed". A local folder always says None (knowing would mean
+    # reading every file); S3 gives a plain single-part ETag, and None for a multipart ETag
+    # ("<hex>-N") or in a bucket whose default encryption is SSE-KMS (ETags there are not
+    # MD5s). Change detection therefore rests on recorded state (the ``product_images`` table,
+    # a set's manifest) plus ``size``; a non-None ``md5`` is only an extra check against it.
     md5: str | None
 
 
@@ -77,7 +83,8 @@ class ObjectStore(ABC):
 
     @abstractmethod
     def list(self, prefix: str) -> Iterator[StoredObject]:
-        """Every object whose key starts with ``prefix``, in key order."""
+        """Every object whose key starts with ``prefix``, in key order, with its size and, where
+        the store knows it without reading the object, its MD5 (see :class:`StoredObject`)."""
 
     @abstractmethod
     def copy(self, src_key: str, dst_key: str) -> None:
@@ -151,9 +158,13 @@ class LocalObjectStore(ObjectStore):
                 if key.startswith(prefix):
                     found.append(key)
         for key in sorted(found):
-            path = self.root / key
-            data = path.read_bytes()
-            yield StoredObject(key=key, size=len(data), md5=md5_hex(data))
+            # stat() only: reading and hashing every file made each listing cost a full read of
+            # the folder. A file removed since the walk is simply not listed.
+            try:
+                size = (self.root / key).stat().st_size
+            except FileNotFoundError:
+                continue
+            yield StoredObject(key=key, size=size, md5=None)
 
     def copy(self, src_key: str, dst_key: str) -> None:
         src, dst = self._path(src_key), self._path(dst_key)
@@ -192,10 +203,14 @@ class S3ObjectStore(ObjectStore):
     """A bucket and key prefix on S3 or any S3-compatible store (MinIO, Ceph...), through a
     boto3 client. The client is thread-safe; callers fan out over a thread pool."""
 
-    def __init__(self, client: Any, bucket: str, prefix: str = ""):
+    def __init__(self, client: Any, bucket: str, prefix: str = "", etags_are_md5: bool | None = None):
+        """``etags_are_md5``: whether a single-part ETag of this bucket is the object's MD5;
+        None (the default) asks the bucket once, on the first listing (see
+        :meth:`_etags_are_md5`)."""
         self.client = client
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self.etags_are_md5 = etags_are_md5
 
     @property
     def url(self) -> str:
@@ -242,12 +257,42 @@ class S3ObjectStore(ObjectStore):
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
 
+    def _etags_are_md5(self) -> bool:
+        """Whether a single-part ETag here is the object's MD5: not where the bucket encrypts
+        with KMS by default (SSE-KMS / DSSE-KMS ETags are not MD5s, and a listing cannot tell
+        such an object from another). The objects this project writes get the bucket's default
+        encryption, so one ``GetBucketEncryption`` per store answers for all of them. When the
+        bucket will not say (no permission, a store without the call), assume not: the MD5 is
+        then unknown, which costs only the extra check, never a rewrite."""
+        if self.etags_are_md5 is None:
+            from botocore.exceptions import BotoCoreError, ClientError
+
+            try:
+                rules = self.client.get_bucket_encryption(Bucket=self.bucket)[
+                    "ServerSideEncryptionConfiguration"].get("Rules", [])
+                algorithms = {r.get("ApplyServerSideEncryptionByDefault", {}).get("SSEAlgorithm", "") for r in rules}
+                self.etags_are_md5 = not any("kms" in a.lower() for a in algorithms)
+            except ClientError as exc:
+                code = exc.response.get("Error", {}).get("Code")
+                self.etags_are_md5 = code == "ServerSideEncryptionConfigurationNotFoundError"
+            except BotoCoreError:
+                self.etags_are_md5 = False
+        return self.etags_are_md5
+
     def list(self, prefix: str) -> Iterator[StoredObject]:
+        """``md5`` is the ETag where it is one: a plain 32-hex-digit ETag (a single-part upload
+        or a server-side copy) in a bucket without default KMS encryption; None for a multipart
+        ETag (``"<hex>-N"``) and in a KMS bucket."""
         paginator = self.client.get_paginator("list_objects_v2")
+        trust: bool | None = None
         for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix):
             for obj in page.get("Contents", []):
-                etag = obj.get("ETag", "").strip('"')
-                md5 = etag if len(etag) == 32 and "-" not in etag else None
+                etag = obj.get("ETag", "").strip('"').lower()
+                md5 = None
+                if len(etag) == 32 and all(c in "0123456789abcdef" for c in etag):
+                    if trust is None:
+                        trust = self._etags_are_md5()
+                    md5 = etag if trust else None
                 yield StoredObject(key=obj["Key"][len(self.prefix) :], size=obj["Size"], md5=md5)
 
     def copy(self, src_key: str, dst_key: str) -> None:

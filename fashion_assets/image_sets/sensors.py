@@ -21,8 +21,8 @@ import re
 import dagster as dg
 
 from .. import layout
-from ..resources import CatalogDatabase, ObjectStoreResource
 from ..core.storage import md5_hex
+from ..resources import CatalogDatabase, ObjectStoreResource
 from .assets import SQL_MD5, image_queries, image_set
 from .registry import QueryRegistry
 from .sandbox import SqlRejected, dialect_of, validate_sql
