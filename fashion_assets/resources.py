@@ -122,10 +122,19 @@ class CatalogDatabase(dg.ConfigurableResource):
             return self.engine
         if self._query_engine is None:
             self.engine  # noqa: B018 - the writer creates the tables the reader reads
+            shown = database.masked(self.query_url)
             try:
-                self._query_engine = database.create_engine(self.query_url)
+                engine = database.create_engine(self.query_url)
             except Exception as exc:  # bad scheme, missing driver...
-                raise ConfigurationError(f"{QUERY_URL_ENV}={database.masked(self.query_url)}: {exc}") from None
+                raise ConfigurationError(f"{QUERY_URL_ENV}={shown}: {exc}") from None
+            try:  # a wrong password or host is a configuration error, not a query's
+                with engine.connect():
+                    pass
+            except sa.exc.SQLAlchemyError as exc:
+                engine.dispose()
+                reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+                raise ConfigurationError(f"{QUERY_URL_ENV}={shown}: cannot connect: {reason}") from None
+            self._query_engine = engine
         return self._query_engine
 
     @property

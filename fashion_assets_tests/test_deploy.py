@@ -366,9 +366,15 @@ def test_helm_readme_has_the_commands_and_the_secrets(chart):
     assert any(f"create secret generic {pg_secret} --from-literal=postgresql-password=" in line for line in lines)
     env_secret = the_deployment(values)["envSecrets"][0]["name"]
     assert f"create secret generic {env_secret}" in readme
-    for variable in ("FASHION_CATALOG_URL", "FASHION_STORE_URL", "FASHION_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
-                     "AWS_SECRET_ACCESS_KEY", "AWS_REGION"):
+    for variable in ("FASHION_CATALOG_URL", "FASHION_QUERY_URL", "FASHION_STORE_URL", "FASHION_S3_ENDPOINT_URL",
+                     "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"):
         assert re.search(rf"^{variable}=", readme, re.M), variable
+    # The optional reader comes from the same Secret as the writer's URL (helm/README.md, section 2).
+    from fashion_assets.resources import CATALOG_URL_ENV, QUERY_URL_ENV
+
+    values_text = (ROOT / "helm" / "values.yaml").read_text()
+    assert CATALOG_URL_ENV in values_text and f"Optional, in the same Secret: {QUERY_URL_ENV}" in values_text
+    assert "GRANT SELECT ON products, product_images, predictions TO fashion_reader;" in readme
     assert "enableReadOnly" in readme and "oauth2-proxy" in readme and "port-forward" in readme
 
 

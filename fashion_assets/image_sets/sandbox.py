@@ -12,8 +12,9 @@ Two layers, so one mistake in either is not enough to change the catalog:
    open, a crashed writer's hot journal is rolled back, which a read-only connection cannot do.)
 
 Rows are streamed in chunks (a server-side cursor on PostgreSQL), so a query selecting millions
-of ids never holds them all in memory. In production, also give the pipeline's catalog user only
-SELECT rights: a third layer that costs nothing.
+of ids never holds them all in memory. In production, also run queries as a role with SELECT on
+the three catalog tables only (``FASHION_QUERY_URL``; grants in helm/README.md): a third layer,
+which the database enforces.
 """
 
 from __future__ import annotations
