@@ -10,7 +10,6 @@ the same evaluation, so their figures compare.
 from __future__ import annotations
 
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -19,7 +18,6 @@ import sqlalchemy as sa
 
 from .. import layout
 from ..catalog.tables import product_images, products
-from ..core.parallel import bounded_map
 from ..core.storage import ObjectStore
 from .labels import DEFAULT_MIN_EXAMPLES, HEADS, build_vocabularies, encode_targets, vocabularies_from_classes
 
@@ -98,8 +96,8 @@ def build_version(
 ) -> BuildResult:
     """Train (or import ``settings.model_uri``), evaluate, save as a new version, move LATEST."""
     from . import artifacts
+    from .data import StoreImages, predict_in_order
     from .evaluate import confusion_png, head_metrics
-    from .images import load_array
     from .train import TrainConfig, split_by_product, train_classifier
 
     if len(rows) < 2:
@@ -123,25 +121,20 @@ def build_version(
             vocabularies = build_vocabularies(rows, settings.min_examples)
         classes = {h: list(vocabularies[h].classes) for h in HEADS}
 
-        started = time.monotonic()
-        x = load_array(
-            bounded_map(lambda item: (item[0], store.get_bytes(item[1]["key"])), enumerate(rows), io_workers),
-            len(rows), image_size,
-        )
-        log(f"Decoded {len(rows):,} images at {image_size}px in {time.monotonic() - started:.1f}s")
+        # Streamed from the store, decoded as needed: memory does not grow with the catalog.
+        images = StoreImages(store.get_bytes, [r["key"] for r in rows], image_size, io_workers)
         targets = encode_targets(rows, vocabularies)
 
         if not settings.model_uri:
             train_config = TrainConfig(image_size=image_size, epochs=settings.epochs, batch_size=settings.batch_size,
                                        validation_fraction=settings.validation_fraction, seed=settings.seed)
-            result = train_classifier(x, targets, ids, vocabularies, train_config, log=log)
+            result = train_classifier(images, targets, ids, vocabularies, train_config, log=log)
             model, seconds, epochs_run, history = result.model, result.seconds, result.epochs_run, result.history
             val_index = result.val_index
             predict = artifacts.keras_predict(model)
 
         evaluate_on = val_index if len(val_index) else np.arange(len(rows))
-        chunks = [predict(x[evaluate_on[i:i + 256]]) for i in range(0, len(evaluate_on), 256)]
-        probs = {h: np.concatenate([c[h] for c in chunks]) for h in HEADS}
+        probs = predict_in_order(images, evaluate_on, predict, HEADS)
         truth = {h: targets[h][evaluate_on] for h in HEADS}
         metrics = head_metrics(probs, truth)
         for head in HEADS:

@@ -1,4 +1,5 @@
-"""Training and evaluation of the classifier on in-memory ``uint8`` images. Plain module."""
+"""Training the classifier from an image source (``data``: streamed from the store, or an array),
+with a validation split that never separates a group of near-duplicates. Plain module."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .data import ArrayImages, Images
 from .labels import HEADS, Vocabulary
 
 
@@ -29,15 +31,20 @@ class TrainConfig:
                                                         "article_type": 1.0})
 
 
-def split_by_product(ids: Sequence[int], fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of the training and validation products: a fixed, seeded split by product id, so
-    the same product is never on both sides and the split survives a re-run."""
-    order = np.random.default_rng(seed).permutation(np.asarray(sorted(set(ids))))
+def split_by_group(groups: Sequence[int], fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the training and validation rows: a fixed, seeded split by group, so a group
+    (one product, or a product with its near-duplicates) is never on both sides and the split
+    survives a re-run. About ``fraction`` of the groups go to validation."""
+    order = np.random.default_rng(seed).permutation(np.asarray(sorted(set(groups))))
     n_val = max(1, int(round(len(order) * fraction))) if len(order) > 1 else 0
-    val_ids = set(order[:n_val].tolist())
-    val = np.array([i for i, pid in enumerate(ids) if pid in val_ids], dtype=np.int64)
-    train = np.array([i for i, pid in enumerate(ids) if pid not in val_ids], dtype=np.int64)
-    return train, val
+    val_groups = set(order[:n_val].tolist())
+    in_val = np.fromiter((g in val_groups for g in groups), dtype=bool, count=len(groups))
+    return np.flatnonzero(~in_val).astype(np.int64), np.flatnonzero(in_val).astype(np.int64)
+
+
+def split_by_product(ids: Sequence[int], fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The split when every product is a group of its own."""
+    return split_by_group(ids, fraction, seed)
 
 
 def seed_everything(seed: int) -> None:
@@ -58,15 +65,21 @@ def _augment_batch(images, seed_stream):
     return tf.image.random_crop(padded, tf.shape(images), seed=seed_stream + 1)
 
 
-def _dataset(x: np.ndarray, y: dict[str, np.ndarray], batch: int, training: bool, seed: int):
+def _dataset(images: Images, indices: np.ndarray, targets: dict[str, np.ndarray], num_classes: dict[str, int],
+             batch: int, training: bool, seed: int):
+    """(images, one-hot labels per head) batches streamed from ``images``; labels are looked up
+    by row index, one-hot encoded per batch (never a [N, classes] matrix in memory)."""
     import tensorflow as tf
 
-    ds = tf.data.Dataset.from_tensor_slices((x, y))
+    labels = {h: tf.constant(targets[h], dtype=tf.int32) for h in HEADS}
+
+    def with_labels(index, image):
+        return image, {h: tf.one_hot(tf.gather(labels[h], index), num_classes[h]) for h in HEADS}
+
+    ds = images.dataset(indices, shuffle_seed=seed if training else None).map(with_labels)
+    ds = ds.batch(batch, drop_remainder=training and len(indices) > batch)
     if training:
-        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch, drop_remainder=training and len(x) > batch)
-    if training:
-        ds = ds.map(lambda images, labels: (_augment_batch(images, seed), labels), num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.map(lambda images, y: (_augment_batch(images, seed), y), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
@@ -81,22 +94,27 @@ class TrainResult:
 
 
 def train_classifier(
-    x: np.ndarray,
+    images: Images | np.ndarray,
     targets: dict[str, np.ndarray],
     ids: Sequence[int],
     vocabularies: dict[str, Vocabulary],
     config: TrainConfig,
     log: Callable[[str], None] = print,
+    groups: Sequence[int] | None = None,
 ) -> TrainResult:
-    """Train from scratch; ``targets[head]`` holds class indices into ``vocabularies[head]``."""
+    """Train from scratch; ``targets[head]`` holds class indices into ``vocabularies[head]`` for
+    every row, ``images`` gives the rows' images (an array is wrapped as ``ArrayImages``), and
+    ``groups`` (default: the product ids) keeps near-duplicates on one side of the split."""
     import keras
 
     from .network import build_classifier
 
+    if isinstance(images, np.ndarray):
+        images = ArrayImages(images)
     seed_everything(config.seed)
-    train_index, val_index = split_by_product(ids, config.validation_fraction, config.seed)
+    train_index, val_index = split_by_group(ids if groups is None else groups, config.validation_fraction,
+                                            config.seed)
     num_classes = {h: len(vocabularies[h].classes) for h in HEADS}
-    one_hot = {h: np.eye(num_classes[h], dtype="float32")[targets[h]] for h in HEADS}
     model = build_classifier(num_classes, config.image_size, config.widths, config.blocks, config.dropout)
 
     steps = max(1, len(train_index) // config.batch_size) * config.epochs
@@ -110,9 +128,8 @@ def train_classifier(
         loss_weights=config.loss_weights,
         metrics={h: ["accuracy"] for h in HEADS},
     )
-    train_ds = _dataset(x[train_index], {h: one_hot[h][train_index] for h in HEADS}, config.batch_size, True,
-                        config.seed)
-    val_ds = _dataset(x[val_index], {h: one_hot[h][val_index] for h in HEADS}, config.batch_size, False, config.seed)
+    train_ds = _dataset(images, train_index, targets, num_classes, config.batch_size, True, config.seed)
+    val_ds = _dataset(images, val_index, targets, num_classes, config.batch_size, False, config.seed)
 
     class Progress(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
