@@ -8,6 +8,7 @@ import sqlalchemy as sa
 
 from fashion_assets import layout
 from fashion_assets.catalog.assets import product_images, products
+from fashion_assets.core.storage import md5_hex
 from fashion_assets.image_sets.assets import image_queries, image_set, image_set_matches_manifest
 from fashion_assets.image_sets.export import commit_export, export_shard, plan_export, read_manifest
 from fashion_assets.image_sets.registry import QueryRegistry
@@ -44,8 +45,10 @@ def meta(result):
 
 
 def set_contents(backend, name):
+    """File name -> MD5 of the bytes stored (read back: a listing need not know MD5s)."""
     store = backend.store()
-    return {obj.key.rsplit("/", 1)[1]: obj.md5 for obj in store.list(f"image-sets/{name}/images/")}
+    return {obj.key.rsplit("/", 1)[1]: md5_hex(store.get_bytes(obj.key))
+            for obj in store.list(f"image-sets/{name}/images/")}
 
 
 def sql_ids(backend, sql):

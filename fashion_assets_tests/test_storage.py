@@ -13,7 +13,9 @@ def test_store_contract(backend):
     assert store.get_bytes("a/b/1.jpg") == b"one"
     assert store.exists("a/b/2.jpg") and not store.exists("a/b/3.jpg")
     listed = list(store.list("a/b/"))
-    assert [(o.key, o.size, o.md5) for o in listed] == [("a/b/1.jpg", 3, md5_hex(b"one")), ("a/b/2.jpg", 3, md5_hex(b"two"))]
+    assert [(o.key, o.size) for o in listed] == [("a/b/1.jpg", 3), ("a/b/2.jpg", 3)]
+    # An MD5 only where the store knows it cheaply (a plain S3 ETag); never a wrong one.
+    assert [o.md5 for o in listed] in ([None, None], [md5_hex(b"one"), md5_hex(b"two")])
     assert [o.key for o in store.list("a/")] == ["a/b/1.jpg", "a/b/2.jpg", "a/c.txt"]
     store.copy("a/b/1.jpg", "z/1.jpg")
     assert store.get_bytes("z/1.jpg") == b"one"

@@ -16,7 +16,7 @@ from ..core.database import replace_rows
 from ..core.parallel import bounded_map
 from ..core.progress import Progress
 from ..core.reporting import csv_bytes, markdown_table
-from ..core.storage import CONTENT_TYPES
+from ..core.storage import CONTENT_TYPES, StoredObject, holds_recorded
 from ..resources import CatalogDatabase, CatalogSource, ObjectStoreResource
 from .images import ImageInfo, ImageRejected, RejectedImage, find_images, inspect_image
 from .styles_csv import ParseStats, parse_styles
@@ -102,7 +102,16 @@ class ProductImagesConfig(dg.Config):
     """Threads that read, check and upload images; default: the store's max_concurrency."""
 
 
-def _ingest_one(item: tuple[int, Path], existing: dict[str, str | None], store) -> tuple[ImageInfo | RejectedImage, bool]:
+def _recorded_images(catalog_db: CatalogDatabase) -> dict[str, tuple[str, int]]:
+    """``{key: (md5, bytes)}`` of the images the previous run stored (table ``product_images``)."""
+    with catalog_db.engine.connect() as conn:
+        rows = conn.execute(sa.select(images_table.c.key, images_table.c.md5, images_table.c.bytes))
+        return {key: (md5, size) for key, md5, size in rows}
+
+
+def _ingest_one(
+    item: tuple[int, Path], recorded: dict[str, tuple[str, int]], listed: dict[str, StoredObject], store
+) -> tuple[ImageInfo | RejectedImage, bool]:
     product_id, path = item
     try:
         data = path.read_bytes()
@@ -111,7 +120,8 @@ def _ingest_one(item: tuple[int, Path], existing: dict[str, str | None], store) 
         return RejectedImage(path.name, str(exc)), False
     except OSError as exc:
         return RejectedImage(path.name, f"cannot read file: {exc.strerror or exc}"), False
-    if existing.get(info.key) == info.md5:
+    md5, size = recorded.get(info.key, (None, None))
+    if md5 == info.md5 and holds_recorded(listed.get(info.key), md5, size):
         return info, False  # already stored with the same bytes: a re-run moves nothing
     store.put_bytes(info.key, data, CONTENT_TYPES.get(info.format))
     return info, True
@@ -137,22 +147,32 @@ def product_images(
     """Every readable product photo, stored as ``catalog/images/<id>.jpg`` and described in table
     ``product_images`` (size, mode, format, bytes, md5).
 
-    Images already stored with the same MD5 are not uploaded again. Unreadable files (empty,
-    truncated, not an image, too many pixels) are skipped and listed; images in other modes or
-    formats (grayscale, CMYK, a PNG named .jpg) are stored as they are and recorded as such.
+    An image is not uploaded again when it is unchanged: the previous run recorded it in the
+    table with the MD5 the file has now, and the store lists the object with the recorded size
+    (and, where the store knows an object's MD5 cheaply, a plain S3 ETag, with that MD5). The
+    store's ETags are never taken for MD5s on their own (a multipart or SSE-KMS ETag is not
+    one), and nothing in the store is read or hashed.
+
+    Unreadable files (empty, truncated, not an image, too many pixels) are skipped and listed;
+    images in other modes or formats (grayscale, CMYK, a PNG named .jpg) are stored as they are
+    and recorded as such.
     """
     folder = catalog_source.images_dir()
     store_ = store.get_store()
     started = time.monotonic()
     files, rejected = find_images(folder)
-    existing = {obj.key: obj.md5 for obj in store_.list(layout.CATALOG_IMAGES)}
-    context.log.info(f"{len(files):,} image files in {folder}; {len(existing):,} objects already in {store_.url}")
+    # The state: what the previous run recorded (read before the table is replaced below),
+    # and what the store holds now (sizes; MD5s only where they come cheaply).
+    recorded = _recorded_images(catalog_db)
+    listed = {obj.key: obj for obj in store_.list(layout.CATALOG_IMAGES)}
+    context.log.info(f"{len(files):,} image files in {folder}; {len(listed):,} objects already in {store_.url}, "
+                     f"{len(recorded):,} recorded in table product_images")
 
     workers = config.workers or store.max_concurrency
     progress = Progress("product_images", len(files), context.log.info)
     stored: list[ImageInfo] = []
     uploaded = uploaded_bytes = 0
-    for result, did_upload in bounded_map(lambda item: _ingest_one(item, existing, store_), files, workers):
+    for result, did_upload in bounded_map(lambda item: _ingest_one(item, recorded, listed, store_), files, workers):
         if isinstance(result, RejectedImage):
             rejected.append(result)
         else:

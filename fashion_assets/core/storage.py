@@ -4,6 +4,10 @@ bulk operations built on it.
 Both hold the same keys (``fashion_assets.layout``), so every stage is written once against
 :class:`ObjectStore` and runs unchanged on a laptop and on S3. Plain module: no Dagster; the
 Dagster resources in ``fashion_assets.resources`` construct these.
+
+Why this module is long: it is the interface and both of its implementations side by side
+(they must keep the same contract, listings included: sizes always, MD5s only where cheap and
+reliable), plus the few bulk helpers built on it.
 """
 
 from __future__ import annotations
@@ -41,6 +45,17 @@ class StoredObject:
     # MD5s). Change detection therefore rests on recorded state (the ``product_images`` table,
     # a set's manifest) plus ``size``; a non-None ``md5`` is only an extra check against it.
     md5: str | None
+
+
+def holds_recorded(obj: StoredObject | None, md5: str | None, size: int | None) -> bool:
+    """Whether ``obj`` (from a listing; None: not there) still holds what was recorded when it
+    was written, ``md5`` and ``size`` (from the ``product_images`` table or a set's manifest):
+    it is there, its size is the recorded one, and its MD5, where the store knows it cheaply,
+    is the recorded one. Without a listing MD5 (a local folder, a multipart or SSE-KMS object
+    on S3) a replacement of the same size behind the project's back goes unnoticed: the
+    project's own writes always update the record."""
+    return (obj is not None and md5 is not None and size is not None
+            and obj.size == size and obj.md5 in (None, md5))
 
 
 def md5_hex(data: bytes) -> str:

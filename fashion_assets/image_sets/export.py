@@ -3,9 +3,12 @@
 ``fashion_assets.layout``).
 
 Incremental: an image already there with the catalog's MD5 is not copied again, and images no
-longer selected are removed. Order matters so that a failed run never leaves a manifest that
-lies: copy first (adds and overwrites only), then write the new manifest, then remove what is
-no longer selected. If a run dies while copying, the previous manifest still describes objects
+longer selected are removed. "Already there" is judged from state, not from the store's ETags
+(a multipart or SSE-KMS ETag is not an MD5) and without hashing anything: the previous
+manifest recorded the image with the catalog's MD5 and a size, and the listing shows the
+object with that size (and that MD5 where the store knows it cheaply: ``holds_recorded``).
+Order matters so that a failed run never leaves a manifest that lies: copy first (adds and
+overwrites only), then write the new manifest, then remove what is no longer selected. If a run dies while copying, the previous manifest still describes objects
 that are all there.
 
 The work comes in three parts so that a large set spreads over many steps (``core.shards``):
@@ -29,7 +32,7 @@ from ..core.parallel import bounded_map
 from ..core.parquet import concat_parquet, read_parquet
 from ..core.progress import peak_rss_mb
 from ..core.shards import Shard, ShardPlan, ShardStats, ShardWriter, delete_listed, in_plan_order, write_keys
-from ..core.storage import ObjectStore, remove_prefix
+from ..core.storage import ObjectStore, holds_recorded, remove_prefix
 from .sandbox import QueryStats, SqlRejected, SqlSandbox
 
 PRODUCT_COLUMNS = [c.name for c in products.columns if c.name != "id"]
@@ -50,7 +53,9 @@ MANIFEST_SCHEMA = pa.schema(
 LOOKUP_BATCH = 1_000  # ids per IN (...) lookup: well under SQLite's and PostgreSQL's parameter limits
 
 
-# A shard's work list: the manifest row plus what is stored at its key now (None: nothing).
+# A shard's work list: the manifest row plus the MD5 stored at its key now: the previous
+# manifest's MD5 when the listing shows the object as recorded (``holds_recorded``); None when
+# it is not there or not known to be what was recorded (then it is copied).
 WORK_SCHEMA = MANIFEST_SCHEMA.append(pa.field("stored_md5", pa.string()))
 
 
@@ -112,6 +117,15 @@ def _as_id(value: object) -> int:
     raise SqlRejected(f"the id column must hold product ids (integers); it returned {value!r}")
 
 
+def _recorded(store: ObjectStore, name: str) -> dict[str, tuple[str, int]]:
+    """``{key: (md5, bytes)}`` from the set's manifest (written last by the previous successful
+    run, so every image it lists was in place); empty for a new set."""
+    if not store.exists(layout.manifest(name)):
+        return {}
+    rows = read_parquet(store, layout.manifest(name), columns=["key", "md5", "bytes"]).to_pylist()
+    return {row["key"]: (row["md5"], row["bytes"]) for row in rows}
+
+
 def plan_export(
     name: str,
     sql: str,
@@ -124,11 +138,19 @@ def plan_export(
     """Run the query (streamed), look up each selected image, and write the work lists.
 
     Holds the set's current keys and the selected ids in memory (about 0.4 KB an image,
-    measured: docs/scaling.md), and at most one shard's rows.
+    measured: docs/scaling.md; the previous manifest's keys, MD5s and sizes only while the
+    listing is read), and at most one shard's rows.
     """
     plan = ExportPlan(name=name, sql=sql, work_prefix=work_prefix)
     started = time.monotonic()
-    stored = {obj.key: obj.md5 for obj in store.list(layout.set_images(name))}
+    # What is at each key of the set now: the MD5 the previous manifest recorded for it when the
+    # object is still as recorded, else None (copy it). Nothing is read or hashed in the store.
+    recorded = _recorded(store, name)
+    stored: dict[str, str | None] = {}
+    for obj in store.list(layout.set_images(name)):
+        md5, size = recorded.pop(obj.key, (None, None))
+        stored[obj.key] = md5 if holds_recorded(obj, md5, size) else None
+    del recorded
     selected_ids: set[int] = set()
     writer = ShardWriter(store, work_prefix, WORK_SCHEMA, shard_size)
     for columns, rows in sandbox.stream(sql, plan.query):
@@ -171,7 +193,8 @@ def export_shard(
     store: ObjectStore, shard: Shard, workers: int, on_progress: Callable[[int], None] = lambda n: None
 ) -> ExportShardResult:
     """Put one shard's images in place (server-side copies on S3, hard links locally), skipping
-    those already there with the catalog's MD5. The work list is the shard's part of the
+    those already there with the catalog's MD5 (``stored_md5``, decided by the plan from the
+    previous manifest and the listing). The work list is the shard's part of the
     manifest already: nothing else to write."""
     result = ExportShardResult(index=shard.index)
     started = time.monotonic()
