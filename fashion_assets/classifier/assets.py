@@ -9,7 +9,7 @@ from ..catalog.assets import product_images, products
 from ..core.placement import GPU_POOL, gpu_op_tags
 from ..core.reporting import markdown_table
 from ..resources import CatalogDatabase, ObjectStoreResource, S3StoreResource
-from .build import BuildSettings, NotEnoughImages, build_version, catalog_rows
+from .build import BuildSettings, NotEnoughImages, build_version, catalog_rows, set_rows
 from .evaluate import per_class_rows
 from .labels import HEADS
 
@@ -24,7 +24,14 @@ class ClassifierConfig(dg.Config):
     min_examples: int = BuildSettings.min_examples
     """Classes with fewer training images are folded into 'other'."""
     validation_fraction: float = BuildSettings.validation_fraction
+    """Share of the groups of near-duplicates held out for the validation figure."""
+    unseen_fraction: float = BuildSettings.unseen_fraction
+    """Share of the newest product ids held out of training for the harsher 'unseen range' figure."""
     seed: int = BuildSettings.seed
+    image_set: str | None = None
+    """Train on this image set (an image_set partition: a user's SQL selection) instead of the whole catalog."""
+    use_augmented: bool = False
+    """With image_set: also train on its newest augmented set."""
     model_uri: str | None = None
     """Import this model (.keras file or SavedModel folder; local path or s3://) instead of training."""
     accuracy_floor: float = 0.5
@@ -43,12 +50,21 @@ def fashion_classifier(
     context: dg.AssetExecutionContext, config: ClassifierConfig, catalog_db: CatalogDatabase, store: ObjectStoreResource
 ) -> dg.MaterializeResult:
     """One network, three heads (master_category, sub_category, article_type), trained from
-    scratch on ``product_images`` joined with ``products``; saved as ``.keras`` + SavedModel under
-    ``models/fashion_classifier/<version>/`` with ``LATEST`` pointing at it."""
-    settings = BuildSettings(**config.model_dump(exclude={"accuracy_floor"}))
+    scratch on ``product_images`` joined with ``products`` (or on one image set: config
+    ``image_set``); saved as ``.keras`` + SavedModel under ``models/fashion_classifier/<version>/``
+    with ``LATEST`` pointing at it. Its accuracy is measured twice: on held-out groups of
+    near-duplicates (*validation*) and on the newest product ids (*unseen range*)."""
+    settings = BuildSettings(**config.model_dump(exclude={"accuracy_floor", "image_set", "use_augmented"}))
+    store_ = store.get_store()
     try:
+        if config.image_set:
+            training = set_rows(store_, config.image_set, config.use_augmented)
+        elif config.use_augmented:
+            raise NotEnoughImages("use_augmented needs image_set: the augmented copies are those of one image set")
+        else:
+            training = catalog_rows(catalog_db.engine)
         result = build_version(
-            store.get_store(), catalog_rows(catalog_db.engine), settings, io_workers=store.max_concurrency,
+            store_, training, settings, io_workers=store.max_concurrency,
             s3_client=store.get_client() if isinstance(store, S3StoreResource) else None, log=context.log.info,
         )
     except NotEnoughImages as exc:
@@ -59,7 +75,16 @@ def fashion_classifier(
             "version": result.version,
             **{f"{h}_accuracy": dg.MetadataValue.float(round(metrics[h]["accuracy"], 4)) for h in HEADS},
             **{f"{h}_top5": dg.MetadataValue.float(round(metrics[h]["top5"], 4)) for h in HEADS},
+            **{f"unseen_{h}_accuracy": dg.MetadataValue.float(round(result.unseen_metrics[h]["accuracy"], 4))
+               for h in HEADS if result.unseen_metrics},
             "validation_images": result.validation_images,
+            "unseen_images": result.unseen_images,
+            "figures": dg.MetadataValue.md(
+                "*validation*: products of groups of near-duplicates the model never saw, drawn from the whole "
+                f"catalog ({config.validation_fraction:.0%} of the groups). *unseen range*: the newest "
+                f"{config.unseen_fraction:.0%} of product ids (>= {result.unseen_first_id:,}), never trained on: "
+                "the harsher figure, closer to what new products get."),
+            "trained_on": dg.MetadataValue.json({**result.source, "images": result.training_images}),
             "training_images": result.training_images,
             "classes": dg.MetadataValue.json({h: len(classes[h]) for h in HEADS}),
             "parameters": result.parameters,

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 from .. import layout
 from ..catalog.tables import product_images, products
-from ..core.storage import ObjectStore
+from ..core.storage import ObjectStore, md5_hex
 from .labels import DEFAULT_MIN_EXAMPLES, HEADS, build_vocabularies, encode_targets, vocabularies_from_classes
 
 
@@ -35,8 +35,28 @@ class BuildSettings:
     batch_size: int = 64
     min_examples: int = DEFAULT_MIN_EXAMPLES
     validation_fraction: float = 0.15
+    unseen_fraction: float = 0.1  # the newest product ids, held out of training for the harsher figure
     seed: int = 20261123
     model_uri: str | None = None  # import this model instead of training
+
+
+@dataclass
+class TrainingRows:
+    """The rows a model learns from and is measured on, and where they came from (lineage).
+
+    Each row: ``id``, ``key`` (its image in the store), the three head labels, ``variant`` (0
+    for an original image, k for an augmented copy) and ``group`` (near-duplicates share one;
+    default the product id)."""
+
+    rows: list[dict]
+    source: dict  # {"source": "catalog"} or {"source": "image_set", "image_set": ..., ...}
+
+    @property
+    def describe(self) -> str:
+        if self.source["source"] == "catalog":
+            return "the catalog"
+        extra = f" + augmented set {self.source['augmented_spec']}" if self.source.get("augmented_spec") else ""
+        return f"image set {self.source['image_set']!r}{extra}"
 
 
 @dataclass
@@ -44,12 +64,16 @@ class BuildResult:
     version: str
     image_size: int
     classes: dict[str, list[str]]
-    metrics: dict[str, dict[str, float]]  # head -> accuracy, top5 (on the validation products)
+    metrics: dict[str, dict[str, float]]  # head -> accuracy, top5 (on the validation groups)
+    unseen_metrics: dict[str, dict[str, float]] | None  # the same on the held-out newest ids
     predicted: dict[str, np.ndarray]  # head -> predicted class index per validation image
     truth: dict[str, np.ndarray]  # head -> catalog class index per validation image
-    catalog_images: int
+    catalog_images: int  # rows offered, originals and augmented copies
     validation_images: int
+    unseen_images: int
+    unseen_first_id: int
     training_images: int
+    source: dict
     uris: dict[str, str]
     confusion_png: bytes
     parameters: int = 0
@@ -62,16 +86,44 @@ class BuildResult:
         return min(self.metrics[h]["accuracy"] for h in HEADS)
 
 
-def catalog_rows(engine: sa.Engine) -> list[dict]:
-    """(id, key, master_category, sub_category, article_type) of every catalog image with a
-    product, in id order."""
+def catalog_rows(engine: sa.Engine) -> TrainingRows:
+    """Every catalog image with a product, in id order."""
     query = (
         sa.select(product_images.c.id, product_images.c.key, *[products.c[h] for h in HEADS])
         .select_from(product_images.join(products, products.c.id == product_images.c.id))
         .order_by(product_images.c.id)
     )
     with engine.connect() as conn:
-        return [dict(r) for r in conn.execute(query).mappings()]
+        rows = [dict(r, variant=0, group=r["id"]) for r in conn.execute(query).mappings()]
+    return TrainingRows(rows, {"source": "catalog"})
+
+
+def set_rows(store: ObjectStore, name: str, use_augmented: bool = False) -> TrainingRows:
+    """The images of one image set (what a user's SQL selected), and with ``use_augmented`` its
+    newest augmented copies, labelled from the set's manifest; a copy is in its source's group,
+    so it is never on the other side of the split from its original."""
+    from ..augmented_sets.build import latest_digest, read_augmented_manifest
+    from ..image_sets.export import read_manifest
+
+    if not store.exists(layout.manifest(name)):
+        raise NotEnoughImages(f"image set {name!r} has no manifest ({store.uri(layout.manifest(name))}): "
+                              f"materialise image_set[{name}] first")
+    manifest_bytes = store.get_bytes(layout.manifest(name))
+    manifest = read_manifest(store, name).select(["id", "key", *HEADS]).to_pylist()
+    rows = [dict(r, variant=0, group=r["id"]) for r in manifest]
+    source = {"source": "image_set", "image_set": name, "manifest_md5": md5_hex(manifest_bytes),
+              "augmented_spec": None}
+    if use_augmented:
+        if not store.exists(layout.augmented_latest(name)):
+            raise NotEnoughImages(f"image set {name!r} has no augmented set: materialise augmented_set[{name}] first")
+        digest = latest_digest(store, name)
+        labels = {r["id"]: r for r in manifest}
+        for copy in read_augmented_manifest(store, name, digest).select(["id", "variant", "key"]).to_pylist():
+            if copy["id"] in labels:
+                rows.append({**labels[copy["id"]], "key": copy["key"], "variant": copy["variant"] + 1,
+                             "group": copy["id"]})
+        source["augmented_spec"] = digest
+    return TrainingRows(rows, source)
 
 
 def use_gpu_if_any(log: Callable[[str], None]) -> None:
@@ -88,22 +140,34 @@ def use_gpu_if_any(log: Callable[[str], None]) -> None:
 
 def build_version(
     store: ObjectStore,
-    rows: list[dict],
+    training: TrainingRows,
     settings: BuildSettings,
     io_workers: int = 16,
     s3_client=None,
     log: Callable[[str], None] = print,
 ) -> BuildResult:
-    """Train (or import ``settings.model_uri``), evaluate, save as a new version, move LATEST."""
+    """Train (or import ``settings.model_uri``), evaluate, save as a new version, move LATEST.
+
+    Three disjoint parts of the rows: the newest ``unseen_fraction`` of product ids (with their
+    groups) are never trained on and give the harsher *unseen range* figure; the rest is split by
+    group into training and validation (the *validation* figure). Both are measured on original
+    images only, never on augmented copies.
+    """
     from . import artifacts
     from .data import StoreImages, predict_in_order
     from .evaluate import confusion_png, head_metrics
-    from .train import TrainConfig, split_by_product, train_classifier
+    from .train import TrainConfig, hold_out_newest, split_by_group, train_classifier
 
+    rows = training.rows
     if len(rows) < 2:
         raise NotEnoughImages(
-            f"only {len(rows)} catalog images with a product: materialise products and product_images")
+            f"only {len(rows)} images with a product in {training.describe}: materialise products and product_images")
     ids = [r["id"] for r in rows]
+    groups = np.array([r["group"] for r in rows])
+    original = np.array([r["variant"] == 0 for r in rows])
+    kept, unseen, unseen_first_id = hold_out_newest(ids, groups, settings.unseen_fraction)
+    log(f"Learning from {training.describe}: {len(rows):,} images; {int(original[unseen].sum()):,} held out "
+        f"as the unseen range (product ids >= {unseen_first_id:,})")
     use_gpu_if_any(log)
 
     with tempfile.TemporaryDirectory(prefix="fashion-classifier-") as workdir:
@@ -114,11 +178,12 @@ def build_version(
             image_size = loaded.image_size
             vocabularies = vocabularies_from_classes({h: loaded.classes(h) for h in HEADS})
             model, predict = loaded.keras_model, loaded.predict
-            _, val_index = split_by_product(ids, settings.validation_fraction, settings.seed)
+            _, val_pos = split_by_group(groups[kept].tolist(), settings.validation_fraction, settings.seed)
+            train_index, val_index = np.array([], dtype=np.int64), kept[val_pos]
             log(f"Imported {settings.model_uri} ({image_size}px)")
         else:
             image_size = settings.image_size
-            vocabularies = build_vocabularies(rows, settings.min_examples)
+            vocabularies = build_vocabularies([rows[i] for i in kept], settings.min_examples)
         classes = {h: list(vocabularies[h].classes) for h in HEADS}
 
         # Streamed from the store, decoded as needed: memory does not grow with the catalog.
@@ -128,21 +193,37 @@ def build_version(
         if not settings.model_uri:
             train_config = TrainConfig(image_size=image_size, epochs=settings.epochs, batch_size=settings.batch_size,
                                        validation_fraction=settings.validation_fraction, seed=settings.seed)
-            result = train_classifier(images, targets, ids, vocabularies, train_config, log=log)
+            result = train_classifier(images, targets, ids, vocabularies, train_config, log=log, groups=groups,
+                                      rows=kept)
             model, seconds, epochs_run, history = result.model, result.seconds, result.epochs_run, result.history
-            val_index = result.val_index
+            train_index, val_index = result.train_index, result.val_index
             predict = artifacts.keras_predict(model)
 
-        evaluate_on = val_index if len(val_index) else np.arange(len(rows))
+        evaluate_on = val_index[original[val_index]] if len(val_index) else kept[original[kept]]
         probs = predict_in_order(images, evaluate_on, predict, HEADS)
         truth = {h: targets[h][evaluate_on] for h in HEADS}
         metrics = head_metrics(probs, truth)
+        unseen_on = unseen[original[unseen]]
+        unseen_metrics = None
+        if len(unseen_on):
+            unseen_probs = predict_in_order(images, unseen_on, predict, HEADS)
+            unseen_metrics = head_metrics(unseen_probs, {h: targets[h][unseen_on] for h in HEADS})
         for head in HEADS:
-            log(f"validation {head}: accuracy {metrics[head]['accuracy']:.4f}, top-5 {metrics[head]['top5']:.4f}")
+            unseen_text = f", unseen range {unseen_metrics[head]['accuracy']:.4f}" if unseen_metrics else ""
+            log(f"{head}: validation accuracy {metrics[head]['accuracy']:.4f} (top-5 {metrics[head]['top5']:.4f})"
+                f"{unseen_text}")
 
         version = artifacts.new_version()
         labels = artifacts.labels_document_from_classes(classes, image_size, {
-            "version": version, "validation_metrics": metrics, "trained_on_images": len(rows),
+            "version": version,
+            "validation_metrics": metrics,
+            "validation": f"{len(evaluate_on)} images of {settings.validation_fraction:.0%} of the groups of "
+                          "near-duplicates, never trained on",
+            "unseen_range_metrics": unseen_metrics,
+            "unseen_range": f"{len(unseen_on)} images of product ids >= {unseen_first_id} (the newest "
+                            f"{settings.unseen_fraction:.0%}), held out of training and validation",
+            "trained_on": {**training.source, "images": int(len(train_index))},
+            "trained_on_images": len(rows),
             "imported_from": settings.model_uri,
         })
         if model is not None:
@@ -154,10 +235,11 @@ def build_version(
     confusion = confusion_png(predicted["article_type"], truth["article_type"], classes["article_type"])
     store.put_bytes(layout.model_confusion(version), confusion, "image/png")
     return BuildResult(
-        version=version, image_size=image_size, classes=classes, metrics=metrics, predicted=predicted, truth=truth,
-        catalog_images=len(rows), validation_images=len(evaluate_on),
-        training_images=len(rows) - len(evaluate_on) if not settings.model_uri else 0,
-        uris=uris, confusion_png=confusion, parameters=model.count_params() if model is not None else 0,
+        version=version, image_size=image_size, classes=classes, metrics=metrics, unseen_metrics=unseen_metrics,
+        predicted=predicted, truth=truth, catalog_images=len(rows), validation_images=len(evaluate_on),
+        unseen_images=len(unseen_on), unseen_first_id=unseen_first_id, training_images=int(len(train_index)),
+        source=training.source, uris=uris, confusion_png=confusion,
+        parameters=model.count_params() if model is not None else 0,
         epochs_run=epochs_run, training_seconds=seconds,
         history={k: [float(v) for v in vs] for k, vs in history.items()},
     )

@@ -42,6 +42,22 @@ def split_by_group(groups: Sequence[int], fraction: float, seed: int) -> tuple[n
     return np.flatnonzero(~in_val).astype(np.int64), np.flatnonzero(in_val).astype(np.int64)
 
 
+def hold_out_newest(ids: Sequence[int], groups: Sequence[int], fraction: float) -> tuple[np.ndarray, np.ndarray, int]:
+    """(kept rows, held-out rows, first held-out id): the newest ``fraction`` of product ids (ids
+    grow as products are added) are held out of training and validation altogether, to measure
+    the model on a range of the catalog it has never seen; a group with any member in that range
+    is held out whole, so no near-duplicate of a held-out product is trained on."""
+    ids = np.asarray(ids, dtype=np.int64)
+    if fraction <= 0 or len(ids) < 2:
+        return np.arange(len(ids), dtype=np.int64), np.array([], dtype=np.int64), int(ids.max(initial=0)) + 1
+    unique = np.unique(ids)
+    first = int(unique[max(0, int(round(len(unique) * (1 - fraction))))]) if len(unique) > 1 else int(unique[0])
+    groups = np.asarray(groups)
+    held_groups = set(groups[ids >= first].tolist())
+    held = np.fromiter((g in held_groups for g in groups.tolist()), dtype=bool, count=len(groups))
+    return np.flatnonzero(~held).astype(np.int64), np.flatnonzero(held).astype(np.int64), first
+
+
 def split_by_product(ids: Sequence[int], fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """The split when every product is a group of its own."""
     return split_by_group(ids, fraction, seed)
@@ -101,10 +117,13 @@ def train_classifier(
     config: TrainConfig,
     log: Callable[[str], None] = print,
     groups: Sequence[int] | None = None,
+    rows: np.ndarray | None = None,
 ) -> TrainResult:
     """Train from scratch; ``targets[head]`` holds class indices into ``vocabularies[head]`` for
-    every row, ``images`` gives the rows' images (an array is wrapped as ``ArrayImages``), and
-    ``groups`` (default: the product ids) keeps near-duplicates on one side of the split."""
+    every row, ``images`` gives the rows' images (an array is wrapped as ``ArrayImages``),
+    ``groups`` (default: the product ids) keeps near-duplicates on one side of the split, and
+    ``rows`` (default: all) are the rows to split into training and validation; the others are
+    not used (a held-out range)."""
     import keras
 
     from .network import build_classifier
@@ -112,8 +131,10 @@ def train_classifier(
     if isinstance(images, np.ndarray):
         images = ArrayImages(images)
     seed_everything(config.seed)
-    train_index, val_index = split_by_group(ids if groups is None else groups, config.validation_fraction,
-                                            config.seed)
+    rows = np.arange(len(ids), dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
+    groups = np.asarray(ids if groups is None else groups)
+    train_pos, val_pos = split_by_group(groups[rows].tolist(), config.validation_fraction, config.seed)
+    train_index, val_index = rows[train_pos], rows[val_pos]
     num_classes = {h: len(vocabularies[h].classes) for h in HEADS}
     model = build_classifier(num_classes, config.image_size, config.widths, config.blocks, config.dropout)
 
