@@ -21,6 +21,7 @@ setup(
         "sqlglot>=27,<31",
         "dagster-k8s>=0.29,<0.30",
         "albumentations>=2.0,<2.1",
+        "ImageHash>=4.3,<5",  # perceptual hashes: near-duplicate groups of product photos
         "numpy>=1.26",
         # TensorFlow comes from an extra: `cpu` (tensorflow-cpu, what make installs) or `gpu`
         # (tensorflow, CUDA build; the GPU image has it from its base).

@@ -67,7 +67,12 @@ def test_catalog_ingest(backend, tmp_path):
     assert len(backend.store().get_bytes(IMAGES_REJECTED_REPORT).decode().splitlines()) == 4
 
     checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
-    assert checks == {"no_rejected_rows": False, "all_images_readable": False, "every_image_has_product": False}
+    assert checks == {"no_rejected_rows": False, "all_images_readable": False, "every_image_has_product": False,
+                      "no_exact_duplicates": False}
+    # Products 3 and 4 are generated in colours that JPEG quantises to the same bytes.
+    [duplicates] = [c for c in result.get_asset_check_evaluations() if c.check_name == "no_exact_duplicates"]
+    assert duplicates.metadata["products_sharing_a_photo"].value == 2
+    assert "| 3, 4 |" in duplicates.metadata["examples"].value
 
 
 def test_rerun_moves_nothing_and_picks_up_changes(backend, tmp_path):

@@ -25,7 +25,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 import numpy as np
 from PIL import Image
 
-from ..catalog.images import to_rgb
+from ..catalog.images import thumbnail_sheet, to_rgb
 
 DEFAULT_SPEC: list[dict] = [
     {"HorizontalFlip": {"p": 0.5}},
@@ -178,14 +178,4 @@ def augment_in_parallel(
 
 def contact_sheet(rows: list[tuple[bytes, list[bytes]]], thumb: int = 112) -> bytes:
     """A PNG with one row per image: the original, then its variants."""
-    columns = 1 + max((len(v) for _, v in rows), default=0)
-    sheet = Image.new("RGB", (columns * (thumb + 4) + 4, len(rows) * (thumb + 4) + 4), (235, 235, 235))
-    for r, (original, variants) in enumerate(rows):
-        for c, data in enumerate([original, *variants]):
-            with Image.open(io.BytesIO(data)) as img:
-                tile = to_rgb(img)
-                tile.thumbnail((thumb, thumb))
-                sheet.paste(tile, (4 + c * (thumb + 4), 4 + r * (thumb + 4)))
-    buffer = io.BytesIO()
-    sheet.save(buffer, "PNG", optimize=True)
-    return buffer.getvalue()
+    return thumbnail_sheet([[(None, data) for data in (original, *variants)] for original, variants in rows], thumb)

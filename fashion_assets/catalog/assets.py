@@ -4,6 +4,7 @@ Thin wiring: parsing lives in ``styles_csv``, image checks in ``images``, the ta
 ``tables``, store keys in ``fashion_assets.layout``.
 """
 
+import base64
 import time
 from collections import Counter
 from pathlib import Path
@@ -18,7 +19,8 @@ from ..core.progress import Progress
 from ..core.reporting import csv_bytes, markdown_table
 from ..core.storage import CONTENT_TYPES, StoredObject, holds_recorded
 from ..resources import CatalogDatabase, CatalogSource, ObjectStoreResource
-from .images import ImageInfo, ImageRejected, RejectedImage, find_images, inspect_image
+from .duplicates import Product, group_sizes, near_duplicate_groups
+from .images import ImageInfo, ImageRejected, RejectedImage, find_images, inspect_image, thumbnail_sheet
 from .styles_csv import ParseStats, parse_styles
 from .tables import product_images as images_table
 from .tables import products as products_table
@@ -109,6 +111,45 @@ def _recorded_images(catalog_db: CatalogDatabase) -> dict[str, tuple[str, int]]:
         return {key: (md5, size) for key, md5, size in rows}
 
 
+def _near_duplicate_groups(catalog_db: CatalogDatabase, stored: list[ImageInfo]) -> dict[int, int]:
+    """Each image's group of near-duplicates (catalog.duplicates), from its hash and its product."""
+    columns = [products_table.c[c] for c in ("id", "product_display_name", "base_colour", "article_type")]
+    with catalog_db.engine.connect() as conn:
+        described = {row[0]: row[1:] for row in conn.execute(sa.select(*columns))}
+    return near_duplicate_groups([Product(i.id, i.phash, *described.get(i.id, (None, None, None))) for i in stored])
+
+
+def _groups_metadata(groups: dict[int, int], files: dict[int, Path], shown: int = 6) -> dict:
+    largest = group_sizes(groups)
+    sheet = thumbnail_sheet([[(str(pid), files[pid].read_bytes()) for pid in members[:8]]
+                             for _, members in largest[:shown]], thumb=80) if largest else b""
+    return {
+        "near_duplicate_groups": len(largest),
+        "products_in_groups": sum(len(m) for _, m in largest),
+        "largest_groups": dg.MetadataValue.md(markdown_table(
+            ["group", "products", "first ids"], [(g, len(m), ", ".join(map(str, m[:10]))) for g, m in largest])),
+        "largest_groups_thumbnails": dg.MetadataValue.md(
+            f"The {min(shown, len(largest))} largest groups of near-duplicates (up to 8 each), kept on one side of "
+            f"the classifier's validation split.\n\n![groups](data:image/png;base64,{base64.b64encode(sheet).decode()})"
+            if largest else "_none_"),
+    }
+
+
+def _exact_duplicates_check(stored: list[ImageInfo]) -> dg.AssetCheckResult:
+    by_md5: dict[str, list[int]] = {}
+    for info in stored:
+        by_md5.setdefault(info.md5, []).append(info.id)
+    duplicates = sorted((ids for ids in by_md5.values() if len(ids) > 1), key=lambda ids: (-len(ids), ids[0]))
+    return dg.AssetCheckResult(
+        check_name="no_exact_duplicates",
+        passed=not duplicates,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={"products_sharing_a_photo": sum(len(ids) for ids in duplicates), "photos": len(duplicates),
+                  "examples": dg.MetadataValue.md(markdown_table(["products with the same bytes"],
+                                                                 [[", ".join(map(str, ids))] for ids in duplicates]))},
+    )
+
+
 def _ingest_one(
     item: tuple[int, Path], recorded: dict[str, tuple[str, int]], listed: dict[str, StoredObject], store
 ) -> tuple[ImageInfo | RejectedImage, bool]:
@@ -134,6 +175,8 @@ def _ingest_one(
     check_specs=[
         dg.AssetCheckSpec("all_images_readable", asset="product_images", description="No image file was rejected."),
         dg.AssetCheckSpec("every_image_has_product", asset="product_images", description="Each image's id is in products."),
+        dg.AssetCheckSpec("no_exact_duplicates", asset="product_images",
+                          description="No two products have byte-identical photos."),
     ],
     metadata={"dagster/column_schema": _column_schema(images_table), "table": "product_images"},
 )
@@ -185,7 +228,8 @@ def product_images(
     stored.sort(key=lambda info: info.id)
     rejected.sort(key=lambda r: r.file)
 
-    rows = [vars(info) for info in stored]
+    groups = _near_duplicate_groups(catalog_db, stored)
+    rows = [{**vars(info), "near_duplicate_group": groups[info.id]} for info in stored]
     with catalog_db.engine.begin() as conn:
         replace_rows(conn, images_table, rows)
         without_product = conn.execute(
@@ -220,6 +264,7 @@ def product_images(
             "skipped": dg.MetadataValue.md(markdown_table(["file", "reason"], rejected_rows)),
             "skipped_report": store_.uri(layout.IMAGES_REJECTED_REPORT),
             "formats": dg.MetadataValue.md(markdown_table(["format/mode", "images"], modes.most_common())),
+            **_groups_metadata(groups, dict(files)),
         },
         check_results=[
             dg.AssetCheckResult(
@@ -228,6 +273,7 @@ def product_images(
                 severity=dg.AssetCheckSeverity.WARN,
                 metadata={"images_skipped": len(rejected)},
             ),
+            _exact_duplicates_check(stored),
             dg.AssetCheckResult(
                 check_name="every_image_has_product",
                 passed=not without_product,

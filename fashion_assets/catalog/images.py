@@ -15,10 +15,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from .. import layout
 from ..core.storage import md5_hex
+from .duplicates import perceptual_hash
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 _PRODUCT_FILE = re.compile(r"^(\d+)\.(jpe?g|png)$", re.IGNORECASE)
@@ -37,6 +38,7 @@ class ImageInfo:
     format: str
     bytes: int
     md5: str
+    phash: str  # perceptual hash (duplicates.perceptual_hash): near-duplicates have close ones
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,7 @@ def inspect_image(product_id: int, data: bytes) -> ImageInfo:
                     f"{width}x{height} pixels is over the {MAX_PIXELS:,} limit (possible decompression bomb)"
                 )
             img.load()  # a header alone is not an image: this catches truncated files
+            phash = perceptual_hash(img)
             info = ImageInfo(
                 id=product_id,
                 key=layout.catalog_image(product_id),
@@ -92,6 +95,7 @@ def inspect_image(product_id: int, data: bytes) -> ImageInfo:
                 format=img.format or "unknown",
                 bytes=len(data),
                 md5=md5_hex(data),
+                phash=phash,
             )
     except ImageRejected:
         raise
@@ -117,3 +121,23 @@ def to_rgb(img: Image.Image) -> Image.Image:
         return Image.alpha_composite(background, rgba).convert("RGB")
     return img.convert("RGB")
 
+
+def thumbnail_sheet(rows: list[list[tuple[str | None, bytes]]], thumb: int = 112) -> bytes:
+    """A PNG grid of thumbnails, one row per list, each with an optional caption under it."""
+    columns = max((len(r) for r in rows), default=0)
+    caption = 14 if any(text for row in rows for text, _ in row) else 0
+    cell_h = thumb + 4 + caption
+    sheet = Image.new("RGB", (columns * (thumb + 4) + 4, len(rows) * cell_h + 4), (235, 235, 235))
+    draw = ImageDraw.Draw(sheet)
+    for r, row in enumerate(rows):
+        for c, (text, data) in enumerate(row):
+            x, y = 4 + c * (thumb + 4), 4 + r * cell_h
+            with Image.open(io.BytesIO(data)) as img:
+                tile = to_rgb(img)
+                tile.thumbnail((thumb, thumb))
+                sheet.paste(tile, (x, y))
+            if text:
+                draw.text((x + 2, y + thumb + 1), text[:18], fill="black")
+    buffer = io.BytesIO()
+    sheet.save(buffer, "PNG", optimize=True)
+    return buffer.getvalue()

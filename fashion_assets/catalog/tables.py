@@ -36,4 +36,7 @@ product_images = sa.Table(
     sa.Column("format", sa.Text, nullable=False),
     sa.Column("bytes", sa.BigInteger, nullable=False),
     sa.Column("md5", sa.String(32), nullable=False),
+    # Added later, so nullable: ensure_schema adds them to a table made by an earlier version.
+    sa.Column("phash", sa.String(64)),  # perceptual hash, 64 hex digits (catalog.duplicates)
+    sa.Column("near_duplicate_group", sa.BigInteger),  # smallest product id of its group
 )

@@ -58,7 +58,7 @@ def fashion_classifier(
     store_ = store.get_store()
     try:
         if config.image_set:
-            training = set_rows(store_, config.image_set, config.use_augmented)
+            training = set_rows(store_, config.image_set, config.use_augmented, catalog_db.engine)
         elif config.use_augmented:
             raise NotEnoughImages("use_augmented needs image_set: the augmented copies are those of one image set")
         else:

@@ -88,17 +88,32 @@ class BuildResult:
 
 def catalog_rows(engine: sa.Engine) -> TrainingRows:
     """Every catalog image with a product, in id order."""
+    group = sa.func.coalesce(product_images.c.near_duplicate_group, product_images.c.id).label("group")
     query = (
-        sa.select(product_images.c.id, product_images.c.key, *[products.c[h] for h in HEADS])
+        sa.select(product_images.c.id, product_images.c.key, *[products.c[h] for h in HEADS], group)
         .select_from(product_images.join(products, products.c.id == product_images.c.id))
         .order_by(product_images.c.id)
     )
     with engine.connect() as conn:
-        rows = [dict(r, variant=0, group=r["id"]) for r in conn.execute(query).mappings()]
+        rows = [dict(r, variant=0) for r in conn.execute(query).mappings()]
     return TrainingRows(rows, {"source": "catalog"})
 
 
-def set_rows(store: ObjectStore, name: str, use_augmented: bool = False) -> TrainingRows:
+def near_duplicate_groups_of(engine: sa.Engine, ids: list[int]) -> dict[int, int]:
+    """The group of near-duplicates of each of ``ids`` (table product_images; its own id if none)."""
+    query = sa.select(product_images.c.id, product_images.c.near_duplicate_group).where(
+        product_images.c.id.in_(sa.bindparam("ids", expanding=True)))
+    found: dict[int, int] = {}
+    with engine.connect() as conn:
+        for start in range(0, len(ids), 1000):
+            for product_id, group in conn.execute(query, {"ids": ids[start:start + 1000]}):
+                if group is not None:
+                    found[product_id] = group
+    return {i: found.get(i, i) for i in ids}
+
+
+def set_rows(store: ObjectStore, name: str, use_augmented: bool = False,
+             engine: sa.Engine | None = None) -> TrainingRows:
     """The images of one image set (what a user's SQL selected), and with ``use_augmented`` its
     newest augmented copies, labelled from the set's manifest; a copy is in its source's group,
     so it is never on the other side of the split from its original."""
@@ -110,7 +125,8 @@ def set_rows(store: ObjectStore, name: str, use_augmented: bool = False) -> Trai
                               f"materialise image_set[{name}] first")
     manifest_bytes = store.get_bytes(layout.manifest(name))
     manifest = read_manifest(store, name).select(["id", "key", *HEADS]).to_pylist()
-    rows = [dict(r, variant=0, group=r["id"]) for r in manifest]
+    groups = near_duplicate_groups_of(engine, [r["id"] for r in manifest]) if engine is not None else {}
+    rows = [dict(r, variant=0, group=groups.get(r["id"], r["id"])) for r in manifest]
     source = {"source": "image_set", "image_set": name, "manifest_md5": md5_hex(manifest_bytes),
               "augmented_spec": None}
     if use_augmented:
@@ -121,7 +137,7 @@ def set_rows(store: ObjectStore, name: str, use_augmented: bool = False) -> Trai
         for copy in read_augmented_manifest(store, name, digest).select(["id", "variant", "key"]).to_pylist():
             if copy["id"] in labels:
                 rows.append({**labels[copy["id"]], "key": copy["key"], "variant": copy["variant"] + 1,
-                             "group": copy["id"]})
+                             "group": groups.get(copy["id"], copy["id"])})
         source["augmented_spec"] = digest
     return TrainingRows(rows, source)
 

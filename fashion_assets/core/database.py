@@ -42,8 +42,21 @@ def create_engine(url: str) -> sa.Engine:
 
 
 def ensure_schema(engine: sa.Engine) -> None:
-    """Create every table registered on ``metadata`` that is not there yet."""
+    """Create every table registered on ``metadata`` that is not there yet, and add the nullable
+    columns a newer version defines to a table an older version created (the only migration
+    the schema has needed: columns only ever get added)."""
     metadata.create_all(engine, checkfirst=True)
+    inspector = sa.inspect(engine)
+    for table in metadata.sorted_tables:
+        present = {column["name"] for column in inspector.get_columns(table.name)}
+        missing = [column for column in table.columns if column.name not in present]
+        for column in missing:
+            if not column.nullable:
+                raise RuntimeError(f"table {table.name} lacks column {column.name}, which cannot be added to "
+                                   "existing rows: drop the table and materialise it again")
+            with engine.begin() as conn:
+                column_type = column.type.compile(dialect=engine.dialect)
+                conn.execute(sa.text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {column_type}'))
 
 
 def _chunks(rows: Iterable[dict], size: int) -> Iterator[list[dict]]:
