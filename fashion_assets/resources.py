@@ -86,6 +86,28 @@ class CatalogSource(dg.ConfigurableResource):
         return path
 
 
+def _connect(engine: sa.Engine) -> None:
+    with engine.connect():
+        pass
+
+
+def _open_engine(url: str, variable: str, prepare, failure: str) -> sa.Engine:
+    """An engine for ``url``, with ``prepare`` run on it now, so that a wrong URL, password or
+    host fails as configuration naming ``variable``, with the password masked."""
+    shown = database.masked(url)
+    try:
+        engine = database.create_engine(url)
+    except Exception as exc:  # bad scheme, missing driver...
+        raise ConfigurationError(f"{variable}={shown}: {exc}") from None
+    try:
+        prepare(engine)
+    except sa.exc.SQLAlchemyError as exc:
+        engine.dispose()
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        raise ConfigurationError(f"{variable}={shown}: {failure}: {reason}") from None
+    return engine
+
+
 class CatalogDatabase(dg.ConfigurableResource):
     """The catalog's SQL database: SQLite by default, PostgreSQL in production.
 
@@ -122,34 +144,14 @@ class CatalogDatabase(dg.ConfigurableResource):
             return self.engine
         if self._query_engine is None:
             self.engine  # noqa: B018 - the writer creates the tables the reader reads
-            shown = database.masked(self.query_url)
-            try:
-                engine = database.create_engine(self.query_url)
-            except Exception as exc:  # bad scheme, missing driver...
-                raise ConfigurationError(f"{QUERY_URL_ENV}={shown}: {exc}") from None
-            try:  # a wrong password or host is a configuration error, not a query's
-                with engine.connect():
-                    pass
-            except sa.exc.SQLAlchemyError as exc:
-                engine.dispose()
-                reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-                raise ConfigurationError(f"{QUERY_URL_ENV}={shown}: cannot connect: {reason}") from None
+            engine = _open_engine(self.query_url, QUERY_URL_ENV, _connect, "cannot connect")
             self._query_engine = engine
         return self._query_engine
 
     @property
     def engine(self) -> sa.Engine:
         if self._engine is None:
-            try:
-                engine = database.create_engine(self.url)
-            except Exception as exc:  # bad scheme, missing driver...
-                raise ConfigurationError(f"{CATALOG_URL_ENV}={self.display_url}: {exc}") from None
-            try:
-                database.ensure_schema(engine)
-            except sa.exc.SQLAlchemyError as exc:
-                engine.dispose()
-                reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-                raise ConfigurationError(f"{CATALOG_URL_ENV}={self.display_url}: cannot use the database: {reason}") from None
+            engine = _open_engine(self.url, CATALOG_URL_ENV, database.ensure_schema, "cannot use the database")
             self._engine = engine
         return self._engine
 

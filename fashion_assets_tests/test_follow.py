@@ -76,15 +76,21 @@ def test_the_sensor_follows_what_ran_so_a_revert_re_runs(catalog):
     assert tick(resources, instance, reverted.cursor).run_requests == []
 
 
-def test_a_fresh_sensor_after_the_sets_were_made_requests_nothing(catalog):
-    """`make dev` after `make demo`: an empty cursor, and sets already made from the files as
-    they are. Also when the materialisation predates the sql_md5 metadata (only its `sql`)."""
-    backend, resources, instance, _ = catalog
+def two_sets(backend, resources, instance) -> QueryRegistry:
+    """Queries "low" (SQL_A) and "high" (SQL_B), each with its set materialised."""
     registry = QueryRegistry(backend.store())
     for name, sql in (("low", SQL_A), ("high", SQL_B)):
         registry.put(name, sql)
         instance.add_dynamic_partitions(image_queries.name, [name])
         materialize_set(resources, instance, name)
+    return registry
+
+
+def test_a_fresh_sensor_after_the_sets_were_made_requests_nothing(catalog):
+    """`make dev` after `make demo`: an empty cursor, and sets already made from the files as
+    they are. Also when the materialisation predates the sql_md5 metadata (only its `sql`)."""
+    backend, resources, instance, _ = catalog
+    registry = two_sets(backend, resources, instance)
     assert tick(resources, instance, None).run_requests == []
 
     # A materialisation recorded by an older version: the SQL in a Markdown block, no sql_md5.
@@ -99,11 +105,7 @@ def test_image_sets_follow_the_catalog(catalog):
     """Re-ingesting the catalog re-materialises every set (incrementally); nothing is requested
     while the catalog has not changed."""
     backend, resources, instance, ds = catalog
-    registry = QueryRegistry(backend.store())
-    for name, sql in (("low", SQL_A), ("high", SQL_B)):
-        registry.put(name, sql)
-        instance.add_dynamic_partitions(image_queries.name, [name])
-        materialize_set(resources, instance, name)
+    two_sets(backend, resources, instance)
     defs = dg.Definitions(assets=[products, product_images, image_set], resources=resources)
     selection = dg.AssetSelection.assets(image_set)
     quiet = dg.evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=selection)

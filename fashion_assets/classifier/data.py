@@ -78,8 +78,9 @@ class StoreImages:
         ds = tf.data.Dataset.from_generator(
             generate, output_signature=(tf.TensorSpec((None,), tf.int64), tf.TensorSpec((None,), tf.string)))
         size = self.image_size
-        return ds.unbatch().map(lambda i, data: (i, decode_and_resize(data, size)),
-                                num_parallel_calls=tf.data.AUTOTUNE)
+        # The length is known: Keras then counts steps, and a pass that comes up short fails.
+        ds = ds.unbatch().apply(tf.data.experimental.assert_cardinality(len(indices)))
+        return ds.map(lambda i, data: (i, decode_and_resize(data, size)), num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def predict_in_order(images: Images, indices: np.ndarray, predict: Callable[[np.ndarray], dict[str, np.ndarray]],
