@@ -30,9 +30,10 @@ class NotEnoughImages(ValueError):
 class BuildSettings:
     """What a user chooses (the asset's config); the rest of the recipe is ``train.TrainConfig``."""
 
-    image_size: int = 64
-    epochs: int = 30
-    batch_size: int = 64
+    preset: str = "default"  # train.PRESETS: the recipe
+    image_size: int | None = None  # None: the preset's
+    epochs: int | None = None
+    batch_size: int | None = None
     min_examples: int = DEFAULT_MIN_EXAMPLES
     validation_fraction: float = 0.15
     unseen_fraction: float = 0.1  # the newest product ids, held out of training for the harsher figure
@@ -172,7 +173,7 @@ def build_version(
     from . import artifacts
     from .data import StoreImages, predict_in_order
     from .evaluate import confusion_png, head_metrics
-    from .train import TrainConfig, hold_out_newest, split_by_group, train_classifier
+    from .train import hold_out_newest, recipe, split_by_group, train_classifier
 
     rows = training.rows
     if len(rows) < 2:
@@ -198,7 +199,10 @@ def build_version(
             train_index, val_index = np.array([], dtype=np.int64), kept[val_pos]
             log(f"Imported {settings.model_uri} ({image_size}px)")
         else:
-            image_size = settings.image_size
+            train_config = recipe(settings.preset, image_size=settings.image_size, epochs=settings.epochs,
+                                  batch_size=settings.batch_size, validation_fraction=settings.validation_fraction,
+                                  seed=settings.seed)
+            image_size = train_config.image_size
             vocabularies = build_vocabularies([rows[i] for i in kept], settings.min_examples)
         classes = {h: list(vocabularies[h].classes) for h in HEADS}
 
@@ -207,8 +211,6 @@ def build_version(
         targets = encode_targets(rows, vocabularies)
 
         if not settings.model_uri:
-            train_config = TrainConfig(image_size=image_size, epochs=settings.epochs, batch_size=settings.batch_size,
-                                       validation_fraction=settings.validation_fraction, seed=settings.seed)
             result = train_classifier(images, targets, ids, vocabularies, train_config, log=log, groups=groups,
                                       rows=kept)
             model, seconds, epochs_run, history = result.model, result.seconds, result.epochs_run, result.history

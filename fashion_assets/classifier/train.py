@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -29,6 +29,15 @@ class TrainConfig:
     dropout: float = 0.3
     loss_weights: dict = field(default_factory=lambda: {"master_category": 0.5, "sub_category": 0.75,
                                                         "article_type": 1.0})
+
+
+# Named recipes. ``default`` trains in about 11 minutes on 2 CPU cores (the 8,448-image catalog);
+# ``quality`` is for a GPU or a long CPU run: a larger input (the photos are 224 px), a wider and
+# deeper network and twice the epochs, about 8x the compute of ``default``.
+PRESETS = {
+    "default": TrainConfig(),
+    "quality": TrainConfig(image_size=96, epochs=60, widths=(32, 64, 128, 256), blocks=(1, 2, 2, 1), patience=12),
+}
 
 
 def split_by_group(groups: Sequence[int], fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -168,3 +177,10 @@ def train_classifier(
                         callbacks=callbacks, verbose=0, shuffle=False)  # the dataset shuffles itself
     return TrainResult(model, history.history, time.monotonic() - started, len(history.history["loss"]),
                        train_index, val_index)
+
+
+def recipe(preset: str, **overrides) -> TrainConfig:
+    """The named preset with the given fields changed (``None`` keeps the preset's value)."""
+    if preset not in PRESETS:
+        raise ValueError(f"preset {preset!r}: expected one of {', '.join(PRESETS)}")
+    return replace(PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None})
