@@ -148,9 +148,12 @@ def cmd_summary(args: argparse.Namespace) -> int:
             print(f"  {name:28} {meta['dagster/row_count']:>6,} images ({meta['missing']:,} selected without image)"
                   f"   {meta['manifest']}")
     if model:
+        heads = ("master_category", "sub_category", "article_type")
         print(f"Classifier {model['version']}  validation accuracy: " + ", ".join(
-            f"{h} {model[f'{h}_accuracy']:.1%}" for h in ("master_category", "sub_category", "article_type"))
-            + f"   ({model['training_seconds']:.0f}s training)")
+            f"{h} {model[f'{h}_accuracy']:.1%}" for h in heads) + f"   ({model['training_seconds']:.0f}s training)")
+        if all(f"unseen_{h}_accuracy" in model for h in heads):
+            print("  on the unseen range (newest ids, never trained on): " + ", ".join(
+                f"{h} {model[f'unseen_{h}_accuracy']:.1%}" for h in heads))
         print(f"  {model['model_keras'] or model['saved_model']}")
     if predicted:
         print("Predictions (table `predictions` in the catalog database, and Parquet)")
