@@ -211,3 +211,15 @@ def test_training_on_an_image_set_uses_exactly_that_sets_images(backend, tmp_pat
                           "images": meta["training_images"]}
     labels = json.loads(store.get_bytes(layout.model_labels(meta["version"])))
     assert labels["trained_on"] == trained_on and "unseen_range_metrics" in labels
+
+
+def test_a_giant_group_does_not_take_the_catalog_into_the_unseen_range():
+    """Blank photos all hash alike: one group of almost everything. Holding it out whole would
+    leave nothing to train on, so only the newest ids are held out then."""
+    ids = list(range(1, 21))
+    kept, unseen, first = hold_out_newest(ids, [1] * 19 + [20], 0.1)
+    assert (first, [ids[i] for i in unseen], len(kept)) == (19, [19, 20], 18)
+    kept, unseen, first = hold_out_newest(ids, [1, 1, *range(3, 21)], 0.1)  # a small group still goes whole
+    assert [ids[i] for i in unseen] == [19, 20]
+    kept, unseen, _ = hold_out_newest(ids, [*range(1, 19), 1, 20], 0.1)
+    assert [ids[i] for i in unseen] == [1, 19, 20]

@@ -64,6 +64,10 @@ def hold_out_newest(ids: Sequence[int], groups: Sequence[int], fraction: float) 
     groups = np.asarray(groups)
     held_groups = set(groups[ids >= first].tolist())
     held = np.fromiter((g in held_groups for g in groups.tolist()), dtype=bool, count=len(groups))
+    if held.sum() > max(3 * fraction * len(ids), 1):
+        # A giant group (blank or placeholder photos all hash alike) would take most of the
+        # catalog with it: hold out the newest ids alone rather than leave nothing to train on.
+        held = ids >= first
     return np.flatnonzero(~held).astype(np.int64), np.flatnonzero(held).astype(np.int64), first
 
 
