@@ -18,8 +18,6 @@ import numpy as np
 
 from ..core.parallel import bounded_map
 
-CHUNK = 64  # images handed from Python to TensorFlow at a time (one per call would hold the GIL)
-
 
 class Images(Protocol):
     image_size: int
@@ -52,35 +50,17 @@ class StoreImages:
     def __init__(self, read: Callable[[str], bytes], keys: Sequence[str], image_size: int, io_workers: int = 16):
         self.read, self.keys, self.image_size, self.io_workers = read, keys, image_size, io_workers
 
-    def _chunks(self, order: np.ndarray) -> Iterator[tuple[list[int], list[bytes]]]:
-        tags: list[int] = []
-        datas: list[bytes] = []
-        for tag, data in bounded_map(lambda i: (i, self.read(self.keys[i])), order.tolist(), self.io_workers):
-            tags.append(tag)
-            datas.append(data)
-            if len(tags) == CHUNK:
-                yield tags, datas
-                tags, datas = [], []
-        if tags:
-            yield tags, datas
-
     def dataset(self, indices: np.ndarray, shuffle_seed: int | None = None):
-        import tensorflow as tf
-
-        from .images import decode_and_resize
+        from .images import decoded
 
         indices = np.asarray(indices, dtype=np.int64)
         rng = np.random.default_rng(shuffle_seed)
 
-        def generate() -> Iterator[tuple[list[int], list[bytes]]]:  # called again for every pass
-            yield from self._chunks(indices if shuffle_seed is None else rng.permutation(indices))
+        def read() -> Iterator[tuple[int, bytes]]:  # called again for every pass, in a new order
+            order = indices if shuffle_seed is None else rng.permutation(indices)
+            return bounded_map(lambda i: (i, self.read(self.keys[i])), order.tolist(), self.io_workers)
 
-        ds = tf.data.Dataset.from_generator(
-            generate, output_signature=(tf.TensorSpec((None,), tf.int64), tf.TensorSpec((None,), tf.string)))
-        size = self.image_size
-        # The length is known: Keras then counts steps, and a pass that comes up short fails.
-        ds = ds.unbatch().apply(tf.data.experimental.assert_cardinality(len(indices)))
-        return ds.map(lambda i, data: (i, decode_and_resize(data, size)), num_parallel_calls=tf.data.AUTOTUNE)
+        return decoded(read, self.image_size, count=len(indices))
 
 
 def predict_in_order(images: Images, indices: np.ndarray, predict: Callable[[np.ndarray], dict[str, np.ndarray]],

@@ -4,7 +4,7 @@ averaging, and prefetches."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -33,12 +33,13 @@ def decode_and_resize(data, image_size: int):
     return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
 
 
-def batches(
-    items: Iterable[tuple[int, bytes]], image_size: int, batch_size: int
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """``(tag, image bytes)`` -> batches of ``(tags, uint8 images)``, decoded in parallel.
+def decoded(items: Callable[[], Iterable[tuple[int, bytes]]], image_size: int, count: int | None = None):
+    """A ``tf.data`` pipeline of ``(tag, uint8 image)`` from ``items()``, which yields
+    ``(tag, image bytes)`` and is called again for every pass; decoded in parallel.
 
-    ``tag`` is any int64 the caller uses to find the row again (an index, a product id).
+    ``tag`` is any int64 the caller uses to find the row again (an index, a product id). With
+    ``count``, the length is declared: Keras then counts steps, and a pass that comes up short
+    fails instead of ending early.
     """
     import tensorflow as tf
 
@@ -47,7 +48,7 @@ def batches(
         # generator, which holds the GIL, the slowest part of the pipeline.
         tags: list[int] = []
         datas: list[bytes] = []
-        for tag, data in items:
+        for tag, data in items():
             tags.append(tag)
             datas.append(data)
             if len(tags) == 64:
@@ -58,13 +59,20 @@ def batches(
 
     dataset = tf.data.Dataset.from_generator(
         chunks, output_signature=(tf.TensorSpec((None,), tf.int64), tf.TensorSpec((None,), tf.string))
-    )
-    dataset = (
-        dataset.unbatch()
-        .map(lambda tag, data: (tag, decode_and_resize(data, image_size)), num_parallel_calls=tf.data.AUTOTUNE)
-        .batch(batch_size)
-        .prefetch(tf.data.AUTOTUNE)
-    )
+    ).unbatch()
+    if count is not None:
+        dataset = dataset.apply(tf.data.experimental.assert_cardinality(count))
+    return dataset.map(lambda tag, data: (tag, decode_and_resize(data, image_size)),
+                       num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def batches(
+    items: Iterable[tuple[int, bytes]], image_size: int, batch_size: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``(tag, image bytes)`` -> batches of ``(tags, uint8 images)``, decoded in parallel (one pass)."""
+    import tensorflow as tf
+
+    dataset = decoded(lambda: items, image_size).batch(batch_size).prefetch(tf.data.AUTOTUNE)
     for tags, images in dataset.as_numpy_iterator():
         yield tags, images
 

@@ -71,11 +71,6 @@ def hold_out_newest(ids: Sequence[int], groups: Sequence[int], fraction: float) 
     return np.flatnonzero(~held).astype(np.int64), np.flatnonzero(held).astype(np.int64), first
 
 
-def split_by_product(ids: Sequence[int], fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """The split when every product is a group of its own."""
-    return split_by_group(ids, fraction, seed)
-
-
 def seed_everything(seed: int) -> None:
     import keras
 
