@@ -21,7 +21,9 @@ from .image_sets.assets import image_queries
 from .image_sets.export import purge_image_set
 from .image_sets.registry import QueryNotFound, QueryRegistry, check_name
 from .image_sets.sandbox import SqlRejected, SqlSandbox, SqlTimeout
+from .labelling.cli import add_commands as add_labelling_commands
 from .resources import ConfigurationError, resources_from_env
+from .serving.cli import add_commands as add_serving_commands
 
 
 class CliError(Exception):
@@ -192,6 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
     remove.add_argument("--purge", action="store_true",
                         help="also delete the set's folder in the store: images, manifest, augmented sets, predictions")
     remove.set_defaults(func=cmd_query_remove)
+    # Each stage that has commands registers them (their functions raise CliError or ValueError
+    # for bad input, which main() prints as one line).
+    add_serving_commands(commands)
+    add_labelling_commands(commands)
     return parser
 
 

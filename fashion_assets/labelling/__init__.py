@@ -1,0 +1,1 @@
+"""Image sets handed to labelling (Label Studio, COCO, CSV) and human labels brought back."""

@@ -1,0 +1,7 @@
+"""``fashion-assets export`` and ``fashion-assets labels``: the commands registered by ``fashion_assets.cli``."""
+
+import argparse
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    """Add this stage's sub-commands to the ``fashion-assets`` parser."""

@@ -1,0 +1,1 @@
+"""Online prediction: the classifier published for TensorFlow Serving, and the gateway."""
