@@ -4,6 +4,8 @@ loads ``defs``.
 The pipeline in the order it runs, one package per stage::
 
     catalog -> image_sets -> augmented_sets -> classifier -> predictions
+                                              classifier -> serving      (online: TF Serving + gateway)
+               image_sets -> labelling -> classifier                     (human labels back into training)
 """
 
 import dagster as dg
@@ -14,10 +16,12 @@ from .classifier import assets as classifier
 from .core.placement import executor_from_env
 from .image_sets import assets as image_sets
 from .image_sets.sensors import image_query_sensor
+from .labelling import assets as labelling
 from .predictions import assets as predictions
 from .resources import resources_from_env
+from .serving import assets as serving
 
-STAGES = [catalog, image_sets, augmented_sets, classifier, predictions]
+STAGES = [catalog, image_sets, augmented_sets, classifier, predictions, serving, labelling]
 
 # Declarative automation: augmented_set and predictions are `AutomationCondition.eager()` (once
 # their inputs' blocking checks pass), so once image_query_sensor's run lands, the daemon requests

@@ -15,11 +15,12 @@ from fashion_assets import layout
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "fashion_assets"
-STAGES = ("catalog", "image_sets", "augmented_sets", "classifier", "predictions")
+STAGES = ("catalog", "image_sets", "augmented_sets", "classifier", "predictions", "serving", "labelling")
 # The only modules that may import Dagster: the wiring. Everything else is plain Python that the
 # tests (and a notebook, or another service) can call without a Dagster instance.
 WIRING = {"definitions.py", "resources.py", "cli.py", "core/placement.py",
-          *(f"{stage}/assets.py" for stage in STAGES), "image_sets/sensors.py"}
+          *(f"{stage}/assets.py" for stage in STAGES), "image_sets/sensors.py",
+           "serving/cli.py", "labelling/cli.py"}
 # Top-level folders of the store (``layout.py``'s docstring lists them).
 STORE_ROOTS = ("catalog/", "image-sets/", "models/", "queries/", "_work/", "_dagster")
 LONG_MODULE_LINES = 300

@@ -1,0 +1,3 @@
+"""Dagster wiring of the labelling stage (issue 14)."""
+
+import dagster as dg  # noqa: F401

@@ -1,0 +1,3 @@
+"""Dagster wiring of the serving stage (issue 13)."""
+
+import dagster as dg  # noqa: F401
