@@ -40,6 +40,10 @@ setup(
             "PyYAML>=6",
             "dagster-docker>=0.29,<0.30",
             "playwright>=1.50,<2",
+            # examples/walkthrough.ipynb, executed top to bottom by the tests on a real kernel
+            "nbclient>=0.10,<0.12",
+            "nbformat>=5.10,<6",
+            "ipykernel>=6.29,<8",
         ],
     },
     entry_points={"console_scripts": ["fashion-assets=fashion_assets.cli:main"]},
