@@ -14,6 +14,8 @@ folder, or ``s3://bucket/prefix``)::
     image-sets/<name>/augmented/<spec-hash>/{manifest.parquet,contact_sheet.png}
     image-sets/<name>/augmented/LATEST                   the newest spec hash
     image-sets/<name>/predictions.parquet                predictions
+    image-sets/<name>/contact_sheet.png                  image_set's thumbnails
+    image-sets/<name>/disagreements.png                  predictions' label-error candidates
     models/fashion_classifier/<version>/{model.keras,labels.json,saved_model/,confusion_article_type.png}
     models/fashion_classifier/LATEST                     the newest version
     _work/<run id>/<asset>/<partition>/                  a run's work lists (removed at commit)
@@ -133,6 +135,14 @@ def variant(name: str, digest: str, product_id: int, k: int) -> str:
 
 def predictions(name: str) -> str:
     return image_set(name) + "predictions.parquet"
+
+
+def set_contact_sheet(name: str) -> str:
+    return image_set(name) + "contact_sheet.png"
+
+
+def prediction_disagreements(name: str) -> str:
+    return image_set(name) + "disagreements.png"
 
 
 # --- the classifier ----------------------------------------------------------------------------

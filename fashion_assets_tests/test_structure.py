@@ -129,6 +129,8 @@ def test_the_layout_is_the_stored_one():
     assert layout.augmented_contact_sheet("red-shoes", "abc") == "image-sets/red-shoes/augmented/abc/contact_sheet.png"
     assert layout.augmented_latest("red-shoes") == "image-sets/red-shoes/augmented/LATEST"
     assert layout.predictions("red-shoes") == "image-sets/red-shoes/predictions.parquet"
+    assert layout.set_contact_sheet("red-shoes") == "image-sets/red-shoes/contact_sheet.png"
+    assert layout.prediction_disagreements("red-shoes") == "image-sets/red-shoes/disagreements.png"
     assert layout.MODEL_LATEST == "models/fashion_classifier/LATEST"
     assert layout.model_keras("v1") == "models/fashion_classifier/v1/model.keras"
     assert layout.model_labels("v1") == "models/fashion_classifier/v1/labels.json"
