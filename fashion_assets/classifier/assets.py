@@ -10,7 +10,8 @@ from ..catalog.assets import product_images, products
 from ..core.placement import GPU_POOL, gpu_op_tags
 from ..core.reporting import markdown_table
 from ..resources import CatalogDatabase, ObjectStoreResource, S3StoreResource
-from .build import BuildSettings, NotEnoughImages, build_version, catalog_rows, set_rows
+from ..labelling.assets import labels
+from .build import BuildSettings, NotEnoughImages, build_version, catalog_rows, prefer_human_labels, set_rows
 from .evaluate import per_class_rows
 from .labels import HEADS
 
@@ -40,11 +41,14 @@ class ClassifierConfig(dg.Config):
     """Import this model (.keras file or SavedModel folder; local path or s3://) instead of training."""
     accuracy_floor: float = 0.5
     """The asset check fails when a head's validation accuracy is below this."""
+    human_labels: bool = True
+    """Train on the labels people gave (table `labels`, `fashion-assets labels import`) where there
+    are any, the catalog's elsewhere; false: the catalog's only."""
 
 
 @dg.asset(
     group_name="model",
-    deps=[products, product_images],
+    deps=[products, product_images, labels],
     kinds={"tensorflow", "keras"},
     op_tags=gpu_op_tags(),
     pool=GPU_POOL,
@@ -58,7 +62,8 @@ def fashion_classifier(
     ``image_set``); saved as ``.keras`` + SavedModel under ``models/fashion_classifier/<version>/``
     with ``LATEST`` pointing at it. Its accuracy is measured twice: on held-out groups of
     near-duplicates (*validation*) and on the newest product ids (*unseen range*)."""
-    settings = BuildSettings(**config.model_dump(exclude={"accuracy_floor", "image_set", "use_augmented"}))
+    settings = BuildSettings(**config.model_dump(exclude={"accuracy_floor", "image_set", "use_augmented",
+                                                             "human_labels"}))
     store_ = store.get_store()
     try:
         if config.image_set:
@@ -67,6 +72,10 @@ def fashion_classifier(
             raise NotEnoughImages("use_augmented needs image_set: the augmented copies are those of one image set")
         else:
             training = catalog_rows(catalog_db.engine)
+        if config.human_labels:
+            training = prefer_human_labels(training, catalog_db.engine)
+            context.log.info("Labels of the original images, people / catalog: " + ", ".join(
+                f"{h} {n['human']:,} / {n['catalog']:,}" for h, n in training.label_sources.items()))
         result = build_version(
             store_, training, settings, io_workers=store.max_concurrency,
             s3_client=store.get_client() if isinstance(store, S3StoreResource) else None, log=context.log.info,
@@ -90,6 +99,9 @@ def fashion_classifier(
                 "the harsher figure, closer to what new products get."),
             "trained_on": dg.MetadataValue.json({**result.source, "images": result.training_images}),
             "training_images": result.training_images,
+            # Where the labels came from (original images): people (table `labels`) or the catalog.
+            **{f"labels_from_people_{h}": n["human"] for h, n in training.label_sources.items()},
+            **{f"labels_from_catalog_{h}": n["catalog"] for h, n in training.label_sources.items()},
             "classes": dg.MetadataValue.json({h: len(classes[h]) for h in HEADS}),
             "parameters": result.parameters,
             "image_size": result.image_size,

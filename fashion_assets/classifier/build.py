@@ -51,6 +51,9 @@ class TrainingRows:
 
     rows: list[dict]
     source: dict  # {"source": "catalog"} or {"source": "image_set", "image_set": ..., ...}
+    # head -> {"human": n, "catalog": n}: where the original images' labels came from
+    # (``prefer_human_labels``); empty until it ran.
+    label_sources: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def describe(self) -> str:
@@ -98,6 +101,27 @@ def catalog_rows(engine: sa.Engine) -> TrainingRows:
     with engine.connect() as conn:
         rows = [dict(r, variant=0) for r in conn.execute(query).mappings()]
     return TrainingRows(rows, {"source": "catalog"})
+
+
+def prefer_human_labels(training: TrainingRows, engine: sa.Engine) -> TrainingRows:
+    """Each row's label per head from table ``labels`` (what people said, imported from a
+    labelling tool) where there is one, the catalog's otherwise; an augmented copy takes its
+    original's. Counts, on original images, how many labels of each kind (``label_sources``)."""
+    from ..labelling.table import human_labels
+
+    human = human_labels(engine)
+    counts = {h: {"human": 0, "catalog": 0} for h in HEADS}
+    rows = []
+    for row in training.rows:
+        row = dict(row)
+        for head in HEADS:
+            label = human.get((row["id"], head))
+            if label is not None:
+                row[head] = label
+            if row["variant"] == 0:
+                counts[head]["human" if label is not None else "catalog"] += 1
+        rows.append(row)
+    return TrainingRows(rows, training.source, counts)
 
 
 def near_duplicate_groups_of(engine: sa.Engine, ids: list[int]) -> dict[int, int]:
@@ -242,6 +266,7 @@ def build_version(
                             f"{settings.unseen_fraction:.0%}), held out of training and validation",
             "trained_on": {**training.source, "images": int(len(train_index))},
             "trained_on_images": len(rows),
+            "label_sources": training.label_sources or None,
             "imported_from": settings.model_uri,
         })
         if model is not None:
