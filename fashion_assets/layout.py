@@ -18,6 +18,10 @@ folder, or ``s3://bucket/prefix``)::
     image-sets/<name>/disagreements.png                  predictions' label-error candidates
     models/fashion_classifier/<version>/{model.keras,labels.json,saved_model/,confusion_article_type.png}
     models/fashion_classifier/LATEST                     the newest version
+    serving/fashion_classifier/<n>/                      serving_model: the SavedModel for TF Serving
+                                                         (<n>: an integer, as TF Serving wants)
+    serving/fashion_classifier/<n>/assets.extra/labels.json   its classes per head, image size, signature
+    serving/models.config                                TF Serving's model_config_list (written last)
     _work/<run id>/<asset>/<partition>/                  a run's work lists (removed at commit)
     _dagster/                                            step outputs between pods (S3 only)
 
@@ -173,6 +177,44 @@ def model_saved_model(version: str) -> str:
 
 def model_confusion(version: str) -> str:
     return model_version(version) + "confusion_article_type.png"
+
+
+# --- serving (TensorFlow Serving's layout) ------------------------------------------------------
+
+SERVING = "serving/"
+SERVED_MODEL_NAME = "fashion_classifier"  # the model's name in TF Serving's requests and config
+SERVING_MODELS = f"{SERVING}{SERVED_MODEL_NAME}/"
+SERVING_CONFIG = SERVING + "models.config"
+
+
+def serving_version(number: int) -> str:
+    """One published version: ``serving/fashion_classifier/<n>/`` (a SavedModel's folder; TF
+    Serving only loads folders named by a positive integer)."""
+    if isinstance(number, bool) or not isinstance(number, int) or number <= 0:
+        raise ValueError(f"invalid serving version {number!r}: TF Serving needs a positive integer")
+    return f"{SERVING_MODELS}{number}/"
+
+
+def serving_labels(number: int) -> str:
+    """Classes per head, image size and signature of a published version; ``assets.extra/`` is
+    the folder TF Serving leaves to its users."""
+    return serving_version(number) + "assets.extra/labels.json"
+
+
+def serving_version_number(key: str) -> int | None:
+    """The version a key under ``serving/fashion_classifier/`` belongs to; None for other keys."""
+    head, _, rest = key.removeprefix(SERVING_MODELS).partition("/")
+    return int(head) if key.startswith(SERVING_MODELS) and rest and head.isdigit() and int(head) > 0 else None
+
+
+IMAGE_KEY = re.compile(r"(?:catalog/images/|image-sets/[a-z0-9-]+/(?:images/|augmented/[0-9a-f]+/))"
+                       r"[0-9]+(?:_[0-9]+)?\.(?:jpg|jpeg|png)")
+
+
+def is_image_key(key: str) -> bool:
+    """Whether ``key`` names a product image (catalog, set or augmented copy): the only keys the
+    gateway reads on a caller's behalf."""
+    return bool(IMAGE_KEY.fullmatch(key))
 
 
 # --- scratch space -----------------------------------------------------------------------------

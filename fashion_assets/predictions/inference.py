@@ -25,16 +25,12 @@ def predict_rows(
         probs = model.predict(images)
         columns = {}
         for head in HEADS:  # whole-batch numpy work: per-row Python here would cap the rate
-            p = probs[head]
-            k = min(5, p.shape[1])
-            top = np.argpartition(-p, k - 1, axis=1)[:, :k]
-            top = np.take_along_axis(top, np.argsort(-np.take_along_axis(p, top, 1), axis=1), 1)
-            top_p = np.round(np.take_along_axis(p, top, 1).astype(float), 5)
-            columns[f"{head}_label"] = classes[head][top[:, 0]]
+            names, top_p = top_classes(probs[head], classes[head])
+            columns[f"{head}_label"] = names[:, 0]
             columns[f"{head}_confidence"] = top_p[:, 0]
             columns[f"{head}_top5"] = [
-                json.dumps(list(zip(names, probabilities, strict=True)))
-                for names, probabilities in zip(classes[head][top].tolist(), top_p.tolist(), strict=True)
+                json.dumps(list(zip(row_names, row_p, strict=True)))
+                for row_names, row_p in zip(names.tolist(), top_p.tolist(), strict=True)
             ]
         for i, tag in enumerate(tags.tolist()):
             yield tag, {
@@ -42,3 +38,13 @@ def predict_rows(
                 for name, values in columns.items()
             }
         on_batch(len(tags))
+
+
+def top_classes(p: np.ndarray, classes: np.ndarray, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities ``[N, C]`` of one head -> the ``k`` best class names ``[N, k]`` (object) and
+    their probabilities rounded to 5 decimals ``[N, k]``, best first. The one place that turns
+    scores into answers: the ``predictions`` table and the online gateway both use it."""
+    k = min(k, p.shape[1])
+    top = np.argpartition(-p, k - 1, axis=1)[:, :k]
+    top = np.take_along_axis(top, np.argsort(-np.take_along_axis(p, top, 1), axis=1, kind="stable"), 1)
+    return classes[top], np.round(np.take_along_axis(p, top, 1).astype(float), 5)

@@ -1,0 +1,256 @@
+"""Where the gateway's images are classified. Plain module: no Dagster.
+
+- :class:`EmbeddedBackend` (the default): the published SavedModel loaded in this process, behind
+  a :class:`MicroBatcher`, so concurrent requests share one ``predict`` call.
+- :class:`TFServingBackend`: TensorFlow Serving over gRPC (``PredictionService/Predict`` with the
+  ``tensorflow-serving-api`` messages), pinned to the published version the gateway read the
+  labels of.
+
+Both take ``uint8 [N, S, S, 3]`` (what ``Preprocessor`` makes, the same decoding as the
+``predictions`` asset) and give probabilities per head.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .. import layout
+from ..classifier.labels import HEADS
+
+
+@dataclass
+class ModelInfo:
+    source_version: str  # fashion_classifier's version, as in the predictions table
+    serving_version: int | None  # the published integer version (None: served from models/ directly)
+    heads: dict[str, list[str]]
+    image_size: int
+    input_name: str = "inputs"
+    signature_name: str = "serving_default"
+
+    def describe(self) -> dict:
+        return {"model_version": self.source_version, "serving_version": self.serving_version,
+                "model_name": layout.SERVED_MODEL_NAME, "image_size": self.image_size,
+                "input": f"uint8 RGB [N, {self.image_size}, {self.image_size}, 3]",
+                "heads": {h: list(self.heads[h]) for h in HEADS}}
+
+
+class Preprocessor:
+    """Image bytes -> ``uint8 [S, S, 3]`` with ``classifier.images.decode_and_resize``, the
+    function the ``predictions`` pipeline maps over its images, compiled once for one image."""
+
+    def __init__(self, image_size: int):
+        import tensorflow as tf
+
+        from ..classifier.images import decode_and_resize
+
+        self.image_size = image_size
+        self._fn = tf.function(lambda data: decode_and_resize(data, image_size),
+                               input_signature=[tf.TensorSpec((), tf.string)])
+        self._errors = (tf.errors.InvalidArgumentError, tf.errors.UnknownError)
+
+    def __call__(self, data: bytes) -> np.ndarray:
+        """Raises ``ValueError`` for data the decoder refuses (truncated, corrupt)."""
+        import tensorflow as tf
+
+        try:
+            return self._fn(tf.constant(data)).numpy()
+        except self._errors:
+            raise ValueError("truncated or corrupt image data") from None
+
+
+@dataclass
+class _Waiting:
+    images: np.ndarray
+    future: asyncio.Future
+
+
+@dataclass
+class BatchStats:
+    calls: int = 0
+    images: int = 0
+    largest: int = 0
+    sizes: list[int] = field(default_factory=list)  # the last 1,000 batch sizes
+
+
+class MicroBatcher:
+    """Concurrent ``submit``s gathered into one ``predict`` call.
+
+    A batch goes as soon as the model is free and nobody else is about to submit (``expect``
+    counts requests still decoding), so a lone request waits for no one; under load, requests
+    that arrive while a batch runs, or within ``max_delay_s`` of the first of the next one, join
+    it, up to ``max_batch`` images. ``predict`` runs on one worker thread: the event loop keeps
+    accepting and decoding meanwhile.
+    """
+
+    def __init__(self, predict: Callable[[np.ndarray], dict[str, np.ndarray]], max_batch: int = 64,
+                 max_delay_s: float = 0.004):
+        self.predict = predict
+        self.max_batch = max_batch
+        self.max_delay_s = max_delay_s
+        self.stats = BatchStats()
+        self._queue: asyncio.Queue[_Waiting] | None = None
+        self._task: asyncio.Task | None = None
+        self._expected = 0
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="predict")
+
+    def expect(self) -> None:
+        """A request has started decoding: a batch may wait (``max_delay_s``) for it."""
+        self._expected += 1
+
+    def unexpect(self) -> None:
+        self._expected = max(0, self._expected - 1)
+
+    async def submit(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        loop = asyncio.get_running_loop()
+        if self._queue is None:
+            self._queue = asyncio.Queue()
+            self._task = loop.create_task(self._run())
+        future = loop.create_future()
+        await self._queue.put(_Waiting(images, future))
+        return await future
+
+    async def _gather(self) -> list[_Waiting]:
+        assert self._queue is not None
+        waiting = [await self._queue.get()]
+        count = len(waiting[0].images)
+        deadline = time.monotonic() + self.max_delay_s
+        while count < self.max_batch:
+            if not self._queue.empty():
+                item = self._queue.get_nowait()
+            elif self._expected > 0 and (left := deadline - time.monotonic()) > 0:
+                try:
+                    item = await asyncio.wait_for(self._queue.get(), left)
+                except TimeoutError:
+                    break
+            else:
+                break
+            waiting.append(item)
+            count += len(item.images)
+        return waiting
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            waiting = await self._gather()
+            batch = np.concatenate([w.images for w in waiting]) if len(waiting) > 1 else waiting[0].images
+            try:
+                out = await loop.run_in_executor(self._executor, self.predict, batch)
+            except Exception as exc:  # noqa: BLE001 - every waiting request gets the failure
+                for w in waiting:
+                    if not w.future.done():
+                        w.future.set_exception(exc)
+                continue
+            self.stats.calls += 1
+            self.stats.images += len(batch)
+            self.stats.largest = max(self.stats.largest, len(batch))
+            self.stats.sizes = [*self.stats.sizes[-999:], len(batch)]
+            start = 0
+            for w in waiting:
+                n = len(w.images)
+                if not w.future.done():
+                    w.future.set_result({h: out[h][start:start + n] for h in HEADS})
+                start += n
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+class EmbeddedBackend:
+    """The model in this process (``artifacts.LoadedModel``), micro-batched."""
+
+    name = "embedded"
+
+    def __init__(self, model, info: ModelInfo, max_batch: int = 64, max_delay_s: float = 0.004):
+        self.info = info
+        self.batcher = MicroBatcher(model.predict, max_batch, max_delay_s)
+        self._predict = model.predict
+        self._predict(np.zeros((1, info.image_size, info.image_size, 3), np.uint8))  # trace before serving
+
+    def expect(self) -> None:
+        self.batcher.expect()
+
+    def unexpect(self) -> None:
+        self.batcher.unexpect()
+
+    async def check(self) -> None:
+        """Ready as soon as it is built (the model is loaded and traced)."""
+
+    async def predict(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        return await self.batcher.submit(images)
+
+    async def close(self) -> None:
+        await self.batcher.close()
+
+
+class TFServingBackend:
+    """TensorFlow Serving's ``PredictionService/Predict`` over gRPC. One request per gateway
+    request (TF Serving batches on its side, ``--enable_batching``)."""
+
+    name = "tfserving"
+
+    def __init__(self, address: str, info: ModelInfo, timeout_s: float = 10.0):
+        self.address = address
+        self.info = info
+        self.timeout_s = timeout_s
+        self._channel = None
+        self._stub = None
+
+    def expect(self) -> None:
+        pass
+
+    def unexpect(self) -> None:
+        pass
+
+    def _connect(self):
+        if self._stub is None:
+            import grpc
+            from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+            self._channel = grpc.aio.insecure_channel(self.address, options=[
+                ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+                ("grpc.max_send_message_length", 64 * 1024 * 1024)])
+            self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
+        return self._stub
+
+    def request(self, images: np.ndarray):
+        """The ``PredictRequest`` for ``images``: model name, signature, pinned version, one uint8 tensor."""
+        import tensorflow as tf
+        from tensorflow_serving.apis import predict_pb2
+
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = layout.SERVED_MODEL_NAME
+        request.model_spec.signature_name = self.info.signature_name
+        if self.info.serving_version is not None:
+            request.model_spec.version.value = self.info.serving_version
+        request.inputs[self.info.input_name].CopyFrom(tf.make_tensor_proto(images, dtype=tf.uint8))
+        for head in HEADS:
+            request.output_filter.append(head)
+        return request
+
+    async def predict(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        import tensorflow as tf
+
+        response = await self._connect().Predict(self.request(images), timeout=self.timeout_s)
+        out = {h: tf.make_ndarray(response.outputs[h]).astype(np.float32) for h in HEADS}
+        for head, probs in out.items():
+            if probs.shape != (len(images), len(self.info.heads[head])):
+                raise RuntimeError(f"TF Serving answered {head} with shape {probs.shape}, expected "
+                                   f"{(len(images), len(self.info.heads[head]))}: a different model?")
+        return out
+
+    async def check(self) -> None:
+        """One prediction on a blank image: TF Serving is up and serves this version."""
+        size = self.info.image_size
+        await self.predict(np.zeros((1, size, size, 3), np.uint8))
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()

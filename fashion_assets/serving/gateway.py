@@ -1,0 +1,310 @@
+"""The online gateway: an ASGI app (Starlette, run by uvicorn) in front of a backend. Plain
+module: no Dagster (``serving/cli.py`` resolves the store from the environment and starts it).
+
+    GET  /healthz      200 once the model is loaded (and TF Serving answers), 503 before
+    GET  /v1/model     version, image size, heads with their classes
+    POST /v1/predict   multipart field ``image`` (one file, or several), or JSON ``{"url": ...}``,
+                       ``{"key": ...}``, ``{"urls": [...]}``, ``{"keys": [...]}``
+
+An answer is ``{"model_version", "serving_version", "predictions": {head: [{"label",
+"confidence"}, ...5]}}``, best first; a batch answers ``{"model_version", "serving_version",
+"results": [{"input", "predictions"}, ...]}`` in input order. A bad input is a 4xx with
+``{"error": "<what, naming the input>"}``, and nothing is predicted for any input of that request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+import httpx
+import numpy as np
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from ..classifier.artifacts import latest_version, load_local, load_version, read_labels
+from ..classifier.labels import HEADS
+from ..core.storage import ObjectStore
+from ..predictions.inference import top_classes
+from .backends import EmbeddedBackend, ModelInfo, Preprocessor, TFServingBackend
+from .inputs import FetchPolicy, InputError, check_image, fetch_url, read_key, shown_url
+from .publish import configured_number, fetch_published, read_published_labels
+
+log = logging.getLogger("fashion_assets.serving")
+MAX_ITEMS = 32  # images in one request
+
+
+@dataclass
+class GatewayConfig:
+    backend: str = "embedded"  # embedded | tfserving
+    tfserving: str = "127.0.0.1:8500"
+    policy: FetchPolicy = field(default_factory=FetchPolicy)
+    max_items: int = MAX_ITEMS
+    max_batch: int = 64
+    max_delay_s: float = 0.004
+    workdir: str | None = None  # where the embedded backend downloads the model; a temporary folder
+
+
+def published_info(store: ObjectStore) -> ModelInfo | None:
+    """The published version's description, or None when nothing is published."""
+    try:
+        number = configured_number(store)
+    except FileNotFoundError:
+        return None
+    doc = read_published_labels(store, number)
+    inputs = list(doc.get("signature", {}).get("inputs", {})) or ["inputs"]
+    return ModelInfo(doc["source_version"], number, doc["heads"], int(doc["image_size"]), inputs[0],
+                     doc.get("signature_name", "serving_default"))
+
+
+def load_backend(store: ObjectStore, config: GatewayConfig, workdir: str):
+    """The configured backend, with its model (embedded) or its model's description (tfserving)."""
+    info = published_info(store)
+    if config.backend == "tfserving":
+        if info is None:
+            raise FileNotFoundError("the tfserving backend needs a published model (materialise serving_model)")
+        return TFServingBackend(config.tfserving, info)
+    if info is not None:
+        number, model_dir = fetch_published(store, workdir)
+        model = load_local(model_dir, {"heads": info.heads, "image_size": info.image_size}, info.source_version)
+        log.info(f"embedded backend: published version {number} (model {info.source_version}) from {store.url}")
+    else:
+        # Nothing published yet (right after `make demo`): the newest trained model, as is.
+        version = latest_version(store)
+        labels = read_labels(store, version)
+        model = load_version(store, version, workdir)
+        info = ModelInfo(version, None, labels["heads"], int(labels["image_size"]))
+        log.warning(f"embedded backend: no published model in {store.url}; serving model {version} from "
+                    "models/ directly (materialise serving_model to publish it)")
+    return EmbeddedBackend(model, info, config.max_batch, config.max_delay_s)
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over ``max_bytes`` is a 413 before the app reads it all."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            return await _too_large(self.max_bytes)(scope, receive, send)
+        seen = 0
+
+        async def limited():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise InputError(413, _too_large_message(self.max_bytes))
+            return message
+
+        await self.app(scope, limited, send)
+
+
+def _too_large_message(max_bytes: int) -> str:
+    return f"request body is over the {max_bytes:,}-byte limit"
+
+
+def _too_large(max_bytes: int) -> JSONResponse:
+    return JSONResponse({"error": _too_large_message(max_bytes)}, status_code=413)
+
+
+class Gateway:
+    def __init__(self, store: ObjectStore, config: GatewayConfig, backend=None):
+        self.store = store
+        self.config = config
+        self.backend = backend
+        self.preprocess: Preprocessor | None = None
+        self.failure: str | None = None
+        self.client = None
+        self.served = 0
+        self._started = time.monotonic()
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        try:
+            workdir = self.config.workdir or self._tmp.name
+            if self.backend is None:
+                self.backend = await asyncio.to_thread(load_backend, self.store, self.config, workdir)
+            self.preprocess = await asyncio.to_thread(Preprocessor, self.backend.info.image_size)
+            delay = 0.5
+            while True:
+                try:
+                    await self.backend.check()
+                    break
+                except Exception as exc:  # noqa: BLE001 - TF Serving may come up after us
+                    self.failure = f"{self.backend.name} backend not answering yet ({type(exc).__name__})"
+                    log.warning(f"{self.failure}; retrying in {delay:.1f} s")
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 10.0)
+            self.failure = None
+            info = self.backend.info
+            log.info(f"ready: {self.backend.name} backend, model {info.source_version} "
+                     f"(serving version {info.serving_version}), {info.image_size} px")
+        except Exception as exc:  # noqa: BLE001 - shown by /healthz, the process stays up
+            self.failure = f"cannot load the model: {exc}"
+            log.error(self.failure)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app):
+        self._tmp = tempfile.TemporaryDirectory(prefix="fashion-gateway-")
+        self.client = httpx.AsyncClient(timeout=self.config.policy.timeout_s, follow_redirects=False,
+                                        trust_env=False)
+        task = asyncio.create_task(self.start())
+        try:
+            yield
+        finally:
+            task.cancel()
+            await self.client.aclose()
+            if self.backend is not None:
+                await self.backend.close()
+            self._tmp.cleanup()
+
+    @property
+    def ready(self) -> bool:
+        return self.failure is None and self.preprocess is not None
+
+    # --- endpoints ---------------------------------------------------------------------------
+
+    async def healthz(self, request: Request) -> JSONResponse:
+        if not self.ready:
+            return JSONResponse({"status": "loading" if self.failure is None else "failing",
+                                 "error": self.failure}, status_code=503)
+        return JSONResponse({"status": "ok", "backend": self.backend.name,
+                             "model_version": self.backend.info.source_version})
+
+    async def model(self, request: Request) -> JSONResponse:
+        if not self.ready:
+            return JSONResponse({"error": self.failure or "the model is loading"}, status_code=503)
+        return JSONResponse({**self.backend.info.describe(), "backend": self.backend.name})
+
+    async def predict(self, request: Request) -> JSONResponse:
+        started = time.monotonic()
+        kind, count, status = "?", 0, 200
+        try:
+            if not self.ready:
+                status = 503
+                return JSONResponse({"error": self.failure or "the model is loading"}, status_code=503)
+            kind, single, items = await self._inputs(request)
+            count = len(items)
+            answer = await self._classify(items)
+            info = self.backend.info
+            head = {"model_version": info.source_version, "serving_version": info.serving_version}
+            if single:
+                return JSONResponse({**head, "predictions": answer[0]})
+            return JSONResponse({**head, "results": [{"input": what, "predictions": p}
+                                                     for (what, _), p in zip(items, answer, strict=True)]})
+        except InputError as exc:
+            status = exc.status
+            return JSONResponse({"error": exc.message}, status_code=exc.status)
+        except Exception as exc:  # noqa: BLE001 - never a traceback (or a secret) to the caller
+            status = 500
+            log.error(f"prediction failed: {type(exc).__name__}")
+            return JSONResponse({"error": "internal error while predicting"}, status_code=500)
+        finally:
+            self.served += count if status == 200 else 0
+            log.info(f"POST /v1/predict {status} {kind} x{count} {1000 * (time.monotonic() - started):.1f} ms"
+                     f" (served {self.served:,} images, "
+                     f"{self.served / max(time.monotonic() - self._started, 1e-9):.1f}/s since start)")
+
+    # --- the work ----------------------------------------------------------------------------
+
+    async def _inputs(self, request: Request) -> tuple[str, bool, list[tuple[str, bytes]]]:
+        """``(kind, single, [(what, bytes)])`` from the request; InputError for anything else."""
+        ctype = request.headers.get("content-type", "")
+        limit = self.config.max_items
+        if ctype.startswith("multipart/form-data"):
+            try:
+                form = await request.form(max_files=limit, max_fields=limit)
+            except InputError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - starlette's MultiPartException and parser errors
+                raise InputError(400, f"cannot read the multipart body: {exc}") from None
+            files = form.getlist("image")
+            if not files:
+                raise InputError(400, "multipart body has no field 'image'")
+            items = []
+            for i, upload in enumerate(files):
+                if isinstance(upload, str):
+                    raise InputError(400, "field 'image' must be a file upload, not text")
+                data = await upload.read()
+                what = f"upload {upload.filename or i + 1}"
+                if len(data) > self.config.policy.max_bytes:
+                    raise InputError(413, f"{what}: {len(data):,} bytes is over the "
+                                          f"{self.config.policy.max_bytes:,}-byte limit")
+                items.append((what, data))
+            return "upload", len(items) == 1, items
+        if ctype.startswith("application/json"):
+            try:
+                body = await request.json()
+            except InputError:
+                raise
+            except Exception:  # noqa: BLE001
+                raise InputError(400, "the body is not valid JSON") from None
+            fields = sorted(set(body) & {"url", "urls", "key", "keys"}) if isinstance(body, dict) else []
+            if len(fields) != 1:
+                raise InputError(400, 'send exactly one of {"url": ...}, {"urls": [...]}, {"key": ...}, {"keys": [...]}')
+            [name] = fields
+            values = body[name] if name.endswith("s") else [body[name]]
+            if not isinstance(values, list) or not values:
+                raise InputError(400, f"'{name}' must be a non-empty list")
+            if len(values) > limit:
+                raise InputError(413, f"'{name}' has {len(values)} items, over the limit of {limit}")
+            if name.startswith("url"):
+                datas = await asyncio.gather(*(fetch_url(self.client, v, self.config.policy) for v in values))
+                whats = [shown_url(httpx.URL(v)) for v in values]
+            else:
+                datas = [await asyncio.to_thread(read_key, self.store, v, self.config.policy.max_bytes)
+                         for v in values]
+                whats = [f"key {v}" for v in values]
+            return name.rstrip("s"), not name.endswith("s"), list(zip(whats, datas, strict=True))
+        raise InputError(415, "send multipart/form-data with a file in field 'image', "
+                              'or application/json {"url": ...} or {"key": ...}')
+
+    def _decode(self, what: str, data: bytes) -> np.ndarray:
+        check_image(data, what)
+        try:
+            return self.preprocess(data)
+        except ValueError as exc:
+            raise InputError(422, f"{what}: {exc}") from None
+
+    async def _classify(self, items: list[tuple[str, bytes]]) -> list[dict]:
+        self.backend.expect()
+        try:
+            images = [await asyncio.to_thread(self._decode, what, data) for what, data in items]
+        finally:
+            self.backend.unexpect()
+        probs = await self.backend.predict(np.stack(images))
+        heads = self.backend.info.heads
+        answers: list[dict] = [{} for _ in items]
+        for head in HEADS:
+            names, top_p = top_classes(probs[head], np.asarray(heads[head], dtype=object))
+            for i in range(len(items)):
+                answers[i][head] = [{"label": n, "confidence": float(p)}
+                                    for n, p in zip(names[i].tolist(), top_p[i].tolist(), strict=True)]
+        return answers
+
+
+def create_app(store: ObjectStore, config: GatewayConfig | None = None, backend=None) -> Starlette:
+    """The ASGI app; the model loads in the background once the server starts."""
+    gateway = Gateway(store, config or GatewayConfig(), backend)
+    app = Starlette(
+        routes=[Route("/healthz", gateway.healthz), Route("/v1/model", gateway.model),
+                Route("/v1/predict", gateway.predict, methods=["POST"])],
+        lifespan=gateway.lifespan,
+    )
+    app.state.gateway = gateway
+    app.add_middleware(BodyLimit, max_bytes=gateway.config.policy.max_bytes)
+    return app
