@@ -17,10 +17,11 @@ from pathlib import Path
 import dagster as dg
 
 from . import layout
+from .core import database
 from .image_sets.assets import image_queries
 from .image_sets.export import purge_image_set
-from .image_sets.registry import QueryNotFound, QueryRegistry, check_name
-from .image_sets.sandbox import SqlRejected, SqlSandbox, SqlTimeout
+from .image_sets.registry import QueryNotFound, QueryRegistry, QueryUnreadable, check_name
+from .image_sets.sandbox import SandboxLimits, SqlRejected, SqlSandbox, SqlTimeout, check_sql_size
 from .labelling.cli import add_commands as add_labelling_commands
 from .resources import ConfigurationError, resources_from_env
 from .serving.cli import add_commands as add_serving_commands
@@ -51,11 +52,28 @@ def _instance():
         yield instance
 
 
+def read_sql_file(path: str, max_bytes: int) -> str:
+    """A query file's text, refused with one line naming the file when it is missing, over the
+    size limit (checked before reading it) or not UTF-8."""
+    try:
+        size = os.stat(path).st_size
+        check_sql_size(size, max_bytes)
+        data = Path(path).read_bytes()
+        return data.decode("utf-8")
+    except OSError as exc:
+        raise CliError(f"--file {path}: {exc.strerror or exc}") from None
+    except SqlRejected as exc:
+        raise CliError(f"--file {path}: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise CliError(f"--file {path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start:,})") from None
+
+
 def cmd_query_add(args: argparse.Namespace) -> int:
     name = check_name(args.name)
-    sql = Path(args.file).read_text(encoding="utf-8") if args.file else args.sql
+    limits = SandboxLimits.from_env()
+    sql = read_sql_file(args.file, limits.max_sql_bytes) if args.file else args.sql
     with _resources() as resources:
-        sandbox = SqlSandbox(resources.catalog_db.query_engine, timeout_s=args.timeout)
+        sandbox = SqlSandbox(resources.catalog_db.query_engine, timeout_s=args.timeout, limits=limits)
         columns = sandbox.columns(sql)  # parses, then lets the database check names and types
         QueryRegistry(resources.store.get_store()).put(name, sql)
     with _instance() as instance:
@@ -72,8 +90,11 @@ def cmd_query_list(args: argparse.Namespace) -> int:
         names = registry.checksums()
         partitions = set(instance.get_dynamic_partitions(image_queries.name))
         for name in sorted(set(names) | partitions):
-            first_line = (registry.get(name).strip().splitlines()[0] if name in names
-                          else f"(no {layout.query(name)} in the store)")
+            try:
+                first_line = (registry.get(name).strip().splitlines() or [""])[0] if name in names \
+                    else f"(no {layout.query(name)} in the store)"
+            except QueryUnreadable as exc:  # one bad file does not hide the others
+                first_line = f"(unreadable: {exc.reason})"
             state = "partition" if name in partitions else "no partition yet"
             print(f"{name:32} {state:16} {first_line[:80]}")
     return 0
@@ -140,7 +161,8 @@ def cmd_summary(args: argparse.Namespace) -> int:
         print(f"  product_images  {images['images_stored']:>8,} images ({images['images_skipped']:,} skipped, "
               f"{images['products_without_image']:,} products without image, "
               f"{images['images_without_product']:,} images without product)")
-    print(f"  database        {products['database']}")
+    # Masked when it was recorded; masked again for what older versions recorded.
+    print(f"  database        {database.masked(products['database'])}")
     if images:
         print(f"  object store    {images['store']}")
     print(f"  rejected rows   {products['rejected_report']}")
@@ -206,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (CliError, SqlRejected, SqlTimeout, ValueError, QueryNotFound) as exc:
-        print(f"fashion-assets: {exc}", file=sys.stderr)
+        print(f"fashion-assets: {database.scrub(str(exc))}", file=sys.stderr)  # a URL in it: masked
         return 2
 
 

@@ -28,7 +28,8 @@ from pydantic import Field, PrivateAttr
 from . import layout
 from .catalog import tables as _catalog_tables  # noqa: F401  (registers products, product_images)
 from .core import database, leases
-from .core.storage import LocalObjectStore, ObjectStore, S3ObjectStore, StoreError, parse_s3_url
+from .core.storage import (EndpointUnreachable, LocalObjectStore, ObjectStore, S3ObjectStore, StoreError,
+                           parse_s3_url)
 from .predictions import table as _predictions_table  # noqa: F401  (registers predictions)
 
 DATASET_DIR_ENV = "FASHION_DATASET_DIR"
@@ -98,13 +99,14 @@ def _open_engine(url: str, variable: str, prepare, failure: str) -> sa.Engine:
     try:
         engine = database.create_engine(url)
     except Exception as exc:  # bad scheme, missing driver...
-        raise ConfigurationError(f"{variable}={shown}: {exc}") from None
+        raise ConfigurationError(f"{variable}={shown}: {database.scrub(str(exc), url)}") from None
     try:
         prepare(engine)
     except sa.exc.SQLAlchemyError as exc:
         engine.dispose()
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        raise ConfigurationError(f"{variable}={shown}: {failure}: {reason}") from None
+        # A driver may repeat what it was given (an invalid option's value): never the secrets.
+        raise ConfigurationError(f"{variable}={shown}: {failure}: {database.scrub(reason, url)}") from None
     return engine
 
 
@@ -116,8 +118,9 @@ class CatalogDatabase(dg.ConfigurableResource):
     unset, queries use the writer's URL, still inside the sandbox's read-only transaction.
 
     Every table (``catalog.tables``, ``predictions.table``, ``core.leases``) is created on first
-    use; a database that cannot be reached fails the step at once, with the URL shown
-    password-masked.
+    use; a database that cannot be reached fails the step at once, with the URL shown masked:
+    the password, and any secret in the query string (``?password=...``), as ``***``
+    (``database.masked``).
     """
 
     url: str = Field(description=f"SQLAlchemy URL ({CATALOG_URL_ENV}); postgresql+psycopg2://... in production.")
@@ -175,8 +178,14 @@ class ObjectStoreResource(dg.ConfigurableResource):
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         try:
             self.get_store().check()
+        except EndpointUnreachable as exc:
+            raise ConfigurationError(f"{self.endpoint_shown()}: {exc}") from None
         except StoreError as exc:
             raise ConfigurationError(f"{STORE_URL_ENV}={self.get_store().url}: {exc}") from None
+
+    def endpoint_shown(self) -> str:
+        """The setting to fix when the store's server does not answer, as people may see it."""
+        return STORE_URL_ENV
 
 
 class LocalStoreResource(ObjectStoreResource):
@@ -226,6 +235,11 @@ class S3StoreResource(S3Resource, ObjectStoreResource):
                 config=config,
             )
         return self._client
+
+    def endpoint_shown(self) -> str:
+        if not self.endpoint_url:
+            return f"{S3_ENDPOINT_ENV} unset (AWS S3 for region {self.region_name or 'from the environment'})"
+        return f"{S3_ENDPOINT_ENV}={database.masked_endpoint(self.endpoint_url)}"
 
     def get_object_to_set_on_execution_context(self) -> Any:
         # S3Resource hands out its boto3 client in `context.resources` and `build_resources`;

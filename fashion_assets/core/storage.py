@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .database import scrub
 from .parallel import bounded_map
 
 CONTENT_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "GIF": "image/gif", "WEBP": "image/webp"}
@@ -30,6 +31,11 @@ CONTENT_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "GIF": "image/gif", "
 
 class StoreError(RuntimeError):
     """A store that cannot be used as configured (missing bucket, unwritable folder...)."""
+
+
+class EndpointUnreachable(StoreError):
+    """The S3 endpoint did not answer (wrong host or port, no network): the endpoint is what to
+    fix, not the bucket."""
 
 
 @dataclass(frozen=True)
@@ -105,10 +111,11 @@ class ObjectStore(ABC):
     def copy(self, src_key: str, dst_key: str) -> None:
         """Copy inside the store without moving the bytes through this process where possible."""
 
-    def remove_temporary(self, prefix: str) -> int:
-        """Delete what writes killed in flight left in the folder ``prefix`` (ending in '/') or of
-        the one object ``prefix`` (nothing on a store whose writes are atomic requests); returns
-        how many. Only for the partition's lease holder."""
+    def remove_temporary(self, prefix: str, recursive: bool = False) -> int:
+        """Delete what writes killed in flight left in the folder ``prefix`` (ending in '/'; with
+        ``recursive``, in its subfolders too) or of the one object ``prefix`` (nothing on a store
+        whose writes are atomic requests); returns how many. Only for the partition's lease
+        holder, or for whoever deletes the whole folder."""
         return 0
 
 
@@ -196,21 +203,24 @@ class LocalObjectStore(ObjectStore):
         finally:
             tmp.unlink(missing_ok=True)
 
-    def remove_temporary(self, prefix: str) -> int:
+    def remove_temporary(self, prefix: str, recursive: bool = False) -> int:
         """The hidden ``.<name>.<...>`` files of writes and copies that a killed process left: in
-        the folder ``prefix`` when it ends in '/' (not in its subfolders, which other assets may
-        be writing), else those of the one object ``prefix``."""
+        the folder ``prefix`` when it ends in '/' (in its subfolders too with ``recursive``; not
+        by default, since other assets may be writing there), else those of the one object
+        ``prefix``."""
         folder, _, name = prefix.rpartition("/")
         folder_path = self.root / folder if folder else self.root
         if not folder_path.is_dir():
             return 0
         removed = 0
-        with os.scandir(folder_path) as entries:
-            for entry in entries:
-                if (entry.is_file() and entry.name.startswith(f".{name}")
-                        and not entry.name.startswith(".write-check-")):
-                    Path(entry.path).unlink(missing_ok=True)
-                    removed += 1
+        walked = os.walk(folder_path) if recursive else [(folder_path, None, None)]
+        for dirpath, _dirnames, _files in walked:
+            with os.scandir(dirpath) as entries:
+                for entry in entries:
+                    if (entry.is_file(follow_symlinks=False) and entry.name.startswith(f".{name}")
+                            and not entry.name.startswith(".write-check-")):
+                        Path(entry.path).unlink(missing_ok=True)
+                        removed += 1
         return removed
 
 
@@ -238,7 +248,8 @@ class S3ObjectStore(ObjectStore):
         return f"s3://{self.bucket}/{self._key(key.rstrip('/'))}" + ("/" if key.endswith("/") else "")
 
     def check(self) -> None:
-        from botocore.exceptions import BotoCoreError, ClientError
+        from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError, NoCredentialsError
+        from botocore.exceptions import ConnectionError as BotoConnectionError
 
         try:
             self.client.head_bucket(Bucket=self.bucket)
@@ -246,8 +257,14 @@ class S3ObjectStore(ObjectStore):
             code = exc.response.get("Error", {}).get("Code", "?")
             reason = {"404": "does not exist", "NoSuchBucket": "does not exist", "403": "access denied"}
             raise StoreError(f"bucket {self.bucket!r} {reason.get(code, f'is not usable ({code})')}") from exc
+        except (BotoConnectionError, HTTPClientError) as exc:  # botocore names the endpoint URL: masked
+            raise EndpointUnreachable(
+                f"cannot reach the S3 endpoint for bucket {self.bucket!r}: {scrub(str(exc))}") from exc
+        except NoCredentialsError:
+            raise StoreError(f"no S3 credentials for bucket {self.bucket!r}: set AWS_ACCESS_KEY_ID and "
+                             "AWS_SECRET_ACCESS_KEY, or give the pod a role") from None
         except BotoCoreError as exc:
-            raise StoreError(f"cannot reach the S3 endpoint for bucket {self.bucket!r}: {exc}") from exc
+            raise StoreError(f"cannot use bucket {self.bucket!r}: {scrub(str(exc))}") from exc
 
     def put_bytes(self, key: str, data: bytes, content_type: str | None = None) -> None:
         extra = {"ContentType": content_type} if content_type else {}

@@ -33,7 +33,7 @@ from ..core.parquet import concat_parquet, read_parquet
 from ..core.progress import peak_rss_mb
 from ..core.shards import Shard, ShardPlan, ShardStats, ShardWriter, delete_listed, in_plan_order, write_keys
 from ..core.storage import ObjectStore, holds_recorded, remove_prefix
-from .sandbox import QueryStats, SqlRejected, SqlSandbox
+from .sandbox import QueryStats, SqlSandbox, as_id
 
 PRODUCT_COLUMNS = [c.name for c in products.columns if c.name != "id"]
 MANIFEST_SCHEMA = pa.schema(
@@ -107,16 +107,6 @@ def _lookup(engine: sa.Engine, ids: list[int]) -> dict[int, dict]:
     return found
 
 
-def _as_id(value: object) -> int:
-    try:
-        product_id = int(value)  # type: ignore[arg-type]
-        if product_id == value or str(product_id) == str(value).strip():
-            return product_id
-    except (TypeError, ValueError):
-        pass
-    raise SqlRejected(f"the id column must hold product ids (integers); it returned {value!r}")
-
-
 def _recorded(store: ObjectStore, name: str) -> dict[str, tuple[str, int]]:
     """``{key: (md5, bytes)}`` from the set's manifest (written last by the previous successful
     run, so every image it lists was in place); empty for a new set."""
@@ -139,10 +129,14 @@ def plan_export(
 
     Holds the set's current keys and the selected ids in memory (about 0.4 KB an image,
     measured: docs/scaling.md; the previous manifest's keys, MD5s and sizes only while the
-    listing is read), and at most one shard's rows.
+    listing is read), and at most one shard's rows. The sandbox's limits bound that: more
+    distinct ids than ``max_ids``, or more growth than ``max_memory_mb``, stops the plan with
+    :class:`~.sandbox.SelectionTooLarge` after the chunk that crossed the line, before its
+    shards are committed to anything (the work lists are under the run's work prefix).
     """
     plan = ExportPlan(name=name, sql=sql, work_prefix=work_prefix)
     started = time.monotonic()
+    guard = sandbox.guard()
     # What is at each key of the set now: the MD5 the previous manifest recorded for it when the
     # object is still as recorded, else None (copy it). Nothing is read or hashed in the store.
     recorded = _recorded(store, name)
@@ -155,13 +149,14 @@ def plan_export(
     writer = ShardWriter(store, work_prefix, WORK_SCHEMA, shard_size)
     for columns, rows in sandbox.stream(sql, plan.query):
         plan.columns = columns
-        id_at = columns.index("id")
+        id_at = sandbox.id_index(columns)
         ids = []
         for row in rows:
-            product_id = _as_id(row[id_at])
+            product_id = as_id(row[id_at])
             if product_id not in selected_ids:  # a query may return an id twice (joins)
                 selected_ids.add(product_id)
                 ids.append(product_id)
+        guard.check(len(selected_ids))
         found = _lookup(sandbox.engine, ids)
         items = []
         for product_id in ids:
@@ -239,5 +234,8 @@ def read_manifest(store: ObjectStore, name: str) -> pa.Table:
 
 
 def purge_image_set(store: ObjectStore, name: str, workers: int = 16) -> int:
-    """Delete everything under ``image-sets/<name>/``; returns the number of objects removed."""
-    return remove_prefix(store, layout.image_set(name), workers)
+    """Delete everything under ``image-sets/<name>/``, temporary files that killed writes or
+    copies left on a local store included (listings do not show them); returns the number of
+    objects and temporary files removed."""
+    removed = remove_prefix(store, layout.image_set(name), workers)
+    return removed + store.remove_temporary(layout.image_set(name), recursive=True)

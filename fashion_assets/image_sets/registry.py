@@ -1,8 +1,9 @@
 """The query registry: ``queries/<name>.sql`` in the object store, one image set per query.
 
 Keeping queries in the store (not in the Dagster instance) means a person, a notebook or another
-service can add one by writing a file; the ``image_query_sensor`` notices it. Plain module: no
-Dagster.
+service can add one by writing a file; the ``image_query_sensor`` notices it. Anyone can write
+anything there, so a file is checked as it is read: UTF-8 text, no larger than the sandbox's
+``max_sql_bytes`` (a larger file is not even read to hash it). Plain module: no Dagster.
 """
 
 from __future__ import annotations
@@ -10,6 +11,9 @@ from __future__ import annotations
 from .. import layout
 from ..core.storage import ObjectStore, md5_hex
 from ..layout import QUERY_NAME, check_name  # noqa: F401  (the rule for names is the layout's)
+from .sandbox import SandboxLimits, SqlRejected, check_sql_size
+
+OVERSIZE = "oversize:"  # the checksum of a file too large to read: "oversize:<bytes>"
 
 
 class QueryNotFound(KeyError):
@@ -17,28 +21,53 @@ class QueryNotFound(KeyError):
         return f"no query named {self.args[0]!r}: add it with `fashion-assets query add {self.args[0]} --sql ...`"
 
 
+class QueryUnreadable(SqlRejected):
+    """A query file that is not a query's text: not UTF-8, or over the size limit."""
+
+    def __init__(self, key: str, reason: str):
+        super().__init__(f"{key}: {reason}")
+        self.key, self.reason = key, reason
+
+
 class QueryRegistry:
-    def __init__(self, store: ObjectStore):
+    def __init__(self, store: ObjectStore, max_sql_bytes: int | None = None):
+        """``max_sql_bytes``: default :meth:`SandboxLimits.from_env`."""
         self.store = store
+        self.max_sql_bytes = max_sql_bytes if max_sql_bytes is not None else SandboxLimits.from_env().max_sql_bytes
 
     def put(self, name: str, sql: str) -> None:
         self.store.put_bytes(layout.query(name), sql.strip().encode("utf-8") + b"\n", "application/sql")
 
     def get(self, name: str) -> str:
+        """The query's SQL; :class:`QueryUnreadable` (naming the file and why) when the file is
+        over the size limit or not UTF-8."""
         key = layout.query(name)
         if not self.store.exists(key):
             raise QueryNotFound(name)
-        return self.store.get_bytes(key).decode("utf-8")
+        data = self.store.get_bytes(key)
+        try:
+            check_sql_size(len(data), self.max_sql_bytes)
+            return data.decode("utf-8")
+        except SqlRejected as exc:
+            raise QueryUnreadable(key, str(exc)) from None
+        except UnicodeDecodeError as exc:
+            raise QueryUnreadable(key, f"not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start:,})") from None
 
     def remove(self, name: str) -> None:
         self.store.delete(layout.query(name))
 
     def checksums(self) -> dict[str, str | None]:
-        """``{name: md5}`` of every well-named ``queries/<name>.sql``; other files are ignored."""
+        """``{name: md5}`` of every well-named ``queries/<name>.sql``; other files are ignored. A
+        file over the size limit is not read: its value is ``"oversize:<bytes>"``, which changes
+        when its size does."""
         found = {}
         for obj in self.store.list(layout.QUERIES):
             name = layout.query_name(obj.key)
-            if name is not None:
+            if name is None:
+                continue
+            if obj.size > self.max_sql_bytes:
+                found[name] = f"{OVERSIZE}{obj.size}"
+            else:
                 found[name] = obj.md5 or md5_hex(self.store.get_bytes(obj.key))
         return found
 

@@ -12,17 +12,28 @@ Two layers, so one mistake in either is not enough to change the catalog:
    open, a crashed writer's hot journal is rolled back, which a read-only connection cannot do.)
 
 Rows are streamed in chunks (a server-side cursor on PostgreSQL), so a query selecting millions
-of ids never holds them all in memory. In production, also run queries as a role with SELECT on
+of ids never holds them all in memory. What a query may cost is capped (:class:`SandboxLimits`,
+from ``FASHION_QUERY_*`` variables): the SQL text's size (checked before parsing), how deeply it
+nests (the parser's recursion), the distinct ids a plan may select, and the memory the plan may
+grow by (:class:`SelectionGuard`); a runaway recursive CTE is stopped by the first cap it reaches,
+not only by the timeout. In production, also run queries as a role with SELECT on
 the three catalog tables only (``FASHION_QUERY_URL``; grants in helm/README.md): a third layer,
 which the database enforces.
+
+Why this module is long: it is the whole of what stands between a user's SQL and the catalog
+(the check on paper, both databases' read-only execution, and the caps on what a query may
+cost); kept in one place so that a review of the sandbox reads one file.
 """
 
 from __future__ import annotations
 
+import decimal
 import os
+import resource
 import sqlite3
+import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +44,11 @@ from sqlglot import exp
 
 DEFAULT_TIMEOUT_S = 60.0
 DEFAULT_CHUNK_ROWS = 10_000
+# Ids are 64-bit integers everywhere they are stored (the tables' BIGINT, the manifests' int64).
+ID_MIN, ID_MAX = -(2**63), 2**63 - 1
+MAX_SQL_BYTES_ENV = "FASHION_QUERY_MAX_BYTES"
+MAX_IDS_ENV = "FASHION_QUERY_MAX_IDS"
+MAX_MEMORY_ENV = "FASHION_QUERY_MAX_MEMORY_MB"
 # How long crash recovery waits for a writer's lock before leaving the file to the read-only path.
 RECOVERY_BUSY_TIMEOUT_S = 5.0
 
@@ -58,6 +74,98 @@ class SqlTimeout(RuntimeError):
     """The query ran longer than the sandbox allows and was stopped."""
 
 
+class SelectionTooLarge(SqlRejected):
+    """The query selected more ids, or made the plan grow by more memory, than the limits allow."""
+
+
+@dataclass(frozen=True)
+class SandboxLimits:
+    """What one image query may cost, besides its time (``timeout_s``).
+
+    ``max_sql_bytes``: the SQL text, in UTF-8 bytes (parsing 10 MB took 24 s and 1.9 GB).
+    ``max_ids``: distinct ids one plan may select (the plan holds each: about 0.4 KB an image).
+    ``max_memory_mb``: how much the planning process may grow while it plans (resident memory).
+    The defaults allow the 10-million-image sets docs/scaling.md plans for, within the chart's
+    4 GiB step limit; the ``FASHION_QUERY_*`` variables override them (:meth:`from_env`).
+    """
+
+    max_sql_bytes: int = 256 * 1024
+    max_ids: int = 10_000_000
+    max_memory_mb: float = 3_072.0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> SandboxLimits:
+        """The limits the environment sets; unset (or empty) means the default. A value that is
+        not a positive number fails naming the variable."""
+        values = {}
+        for attribute, variable, kind in (("max_sql_bytes", MAX_SQL_BYTES_ENV, int), ("max_ids", MAX_IDS_ENV, int),
+                                          ("max_memory_mb", MAX_MEMORY_ENV, float)):
+            raw = (environ.get(variable) or "").strip().replace("_", "")
+            if not raw:
+                continue
+            try:
+                value = kind(raw)
+            except ValueError:
+                value = 0
+            if not value > 0:
+                what = "a positive whole number" if kind is int else "a positive number"
+                raise ValueError(f"{variable}={environ.get(variable)!r}: expected {what}")
+            values[attribute] = value
+        return cls(**values)
+
+
+def _current_rss_mb() -> float:
+    """Resident memory of this process now (Linux: /proc/self/statm); elsewhere the peak so far,
+    which only makes the memory cap stricter."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / (1024 * 1024)
+    except (OSError, ValueError, IndexError):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+class SelectionGuard:
+    """Stops a plan that selects more ids, or grows by more memory, than ``limits`` allow.
+    Created when planning starts (its memory is the baseline); :meth:`check` after each chunk."""
+
+    def __init__(self, limits: SandboxLimits):
+        self.limits = limits
+        self.baseline_mb = _current_rss_mb()
+
+    def check(self, ids: int) -> None:
+        if ids > self.limits.max_ids:
+            raise SelectionTooLarge(
+                f"the query selected more than {self.limits.max_ids:,} ids, the limit ({MAX_IDS_ENV}); "
+                "narrow it (a recursive CTE without an end?), or raise the limit")
+        grown = _current_rss_mb() - self.baseline_mb
+        if grown > self.limits.max_memory_mb:
+            raise SelectionTooLarge(
+                f"planning the set grew by {grown:,.0f} MB after {ids:,} ids, more than the limit of "
+                f"{self.limits.max_memory_mb:,.0f} MB ({MAX_MEMORY_ENV}); narrow the query, or raise the limit")
+
+
+def as_id(value: object) -> int:
+    """A selected value as a product id: an integer (or a whole number of another type) that fits
+    in 64 bits; anything else is refused, naming the value and the range."""
+    product_id = None
+    try:
+        product_id = int(value)  # type: ignore[arg-type]
+        if not (product_id == value or str(product_id) == str(value).strip()):
+            product_id = None
+    except (TypeError, ValueError, OverflowError):  # OverflowError: float infinity
+        pass
+    shown = str(value) if isinstance(value, (int, float, decimal.Decimal)) else repr(value)
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
+    if product_id is None:
+        raise SqlRejected(f"the id column must hold product ids (integers); it returned {shown}")
+    if not ID_MIN <= product_id <= ID_MAX:
+        raise SqlRejected(f"the id column returned {shown}, outside the range of ids: 64-bit integers, "
+                          f"from {ID_MIN:,} to {ID_MAX:,}")
+    return product_id
+
+
 def dialect_of(engine_or_url: sa.Engine | str) -> str:
     backend = (engine_or_url.dialect.name if isinstance(engine_or_url, sa.Engine)
                else sa.make_url(engine_or_url).get_backend_name())
@@ -68,17 +176,36 @@ def _function_name(node: exp.Func) -> str:
     return (node.name if isinstance(node, exp.Anonymous) else node.sql_name()).lower()
 
 
-def validate_sql(sql: str, dialect: str = "sqlite") -> str:
-    """Return the statement without a trailing ``;`` if it is one read-only query, else raise."""
+def check_sql_size(size: int, max_bytes: int | None = None) -> None:
+    """Refuse SQL text of ``size`` UTF-8 bytes when it is over the limit, before reading or
+    parsing it."""
+    limit = max_bytes if max_bytes is not None else SandboxLimits.from_env().max_sql_bytes
+    if size > limit:
+        raise SqlRejected(f"the query is {size:,} bytes, over the limit of {limit:,} ({MAX_SQL_BYTES_ENV})")
+
+
+def validate_sql(sql: str, dialect: str = "sqlite", max_bytes: int | None = None) -> str:
+    """Return the statement without a trailing ``;`` if it is one read-only query, else raise.
+    ``max_bytes``: the size limit (default: :class:`SandboxLimits` from the environment)."""
+    check_sql_size(len(sql.encode("utf-8", "surrogatepass")), max_bytes)
+    try:
+        sql.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate: bytes that were not UTF-8 (argv, a file)
+        raise SqlRejected(f"the query is not UTF-8 text: character {exc.start + 1} is not a character") from None
     text = sql.strip().rstrip(";").strip()
     if not text:
         raise SqlRejected("the query is empty")
     try:
         statements = [s for s in sqlglot.parse(text, read=dialect) if s is not None]
+    except RecursionError:  # sqlglot's parser recurses once per level: ~46 nested parentheses
+        raise SqlRejected("the query is nested too deeply to check (about 45 levels of parentheses, "
+                          "subqueries or operators); flatten it, e.g. with a WITH clause") from None
     except sqlglot.errors.ParseError as exc:
         first = exc.errors[0] if exc.errors else {}
         where = f" at line {first.get('line')}, column {first.get('col')}" if first.get("line") else ""
         raise SqlRejected(f"the query does not parse{where}: {first.get('description', exc)}") from None
+    except sqlglot.errors.SqlglotError as exc:  # TokenError: an unterminated string or comment...
+        raise SqlRejected(f"the query does not parse: {str(exc).splitlines()[0][:200]}") from None
     if len(statements) != 1:
         raise SqlRejected(f"expected exactly one statement, found {len(statements)}")
     [tree] = statements
@@ -106,16 +233,33 @@ class QueryStats:
 class SqlSandbox:
     """Runs validated queries read-only against ``engine``'s database."""
 
-    def __init__(self, engine: sa.Engine, timeout_s: float = DEFAULT_TIMEOUT_S, chunk_rows: int = DEFAULT_CHUNK_ROWS):
+    def __init__(self, engine: sa.Engine, timeout_s: float = DEFAULT_TIMEOUT_S, chunk_rows: int = DEFAULT_CHUNK_ROWS,
+                 limits: SandboxLimits | None = None):
+        """``limits``: default :meth:`SandboxLimits.from_env`."""
         self.engine = engine
         self.timeout_s = timeout_s
         self.chunk_rows = chunk_rows
+        self.limits = limits if limits is not None else SandboxLimits.from_env()
         self.dialect = dialect_of(engine)
         if self.dialect not in ("postgres", "sqlite"):
             raise SqlRejected(f"image queries run on PostgreSQL or SQLite, not {engine.dialect.name}")
 
     def validate(self, sql: str) -> str:
-        return validate_sql(sql, self.dialect)
+        return validate_sql(sql, self.dialect, self.limits.max_sql_bytes)
+
+    def guard(self) -> SelectionGuard:
+        """A fresh :class:`SelectionGuard` for one plan, with this sandbox's limits."""
+        return SelectionGuard(self.limits)
+
+    def id_index(self, columns: list[str]) -> int | None:
+        """Where the ``id`` column is, matched as the database matches names: SQLite ignores case
+        (``SELECT id AS ID`` returns ``ID``); PostgreSQL has already folded unquoted names to
+        lower case, so there only ``id`` is ``id`` (``AS "ID"`` is another column)."""
+        if "id" in columns:
+            return columns.index("id")
+        if self.dialect == "sqlite":
+            return next((i for i, c in enumerate(columns) if c.lower() == "id"), None)
+        return None
 
     def columns(self, sql: str) -> list[str]:
         """The query's column names, checked by the database without reading rows; must include ``id``."""
@@ -141,7 +285,7 @@ class SqlSandbox:
         """Open ``statement`` read-only; yield its columns and a fetch-n-rows function."""
         opened = self._postgres_cursor if self.dialect == "postgres" else self._sqlite_cursor
         with opened(statement) as (columns, fetch):
-            if "id" not in columns:
+            if self.id_index(columns) is None:
                 raise SqlRejected(
                     f"the query must return a column named id; it returns {', '.join(columns) or 'nothing'}"
                 )
@@ -175,8 +319,10 @@ class SqlSandbox:
         if not path or path == ":memory:":
             raise SqlRejected("image queries need a file-backed SQLite catalog")
         _recover_sqlite_hot_journal(path)
-        # A separate connection that SQLite itself opens read-only, not read-only by convention.
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+        # A separate connection that SQLite itself opens read-only, not read-only by convention. The
+        # path is percent-encoded (as_uri): a '#', '?' or '%' in it would otherwise end the path
+        # early, losing mode=ro and opening (creating) another file.
+        conn = sqlite3.connect(f"{Path(path).absolute().as_uri()}?mode=ro", uri=True, timeout=30)
         deadline = time.monotonic() + self.timeout_s
         timed_out = False
 

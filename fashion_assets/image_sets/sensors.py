@@ -11,8 +11,13 @@ The cursor (JSON ``{"queries": {name: md5}, "ignored": [...]}``) lives in Dagste
 cursor and records which version of each file was handled (requested, found up to date, or
 refused), so a daemon restart neither forgets nor replays. A run key names the partition, the
 SQL's MD5 and the materialisation it starts from, so it is unique per request and a repeated
-evaluation of the same state cannot launch the same run twice. A query that does not validate
-is logged and skipped until its file changes; the sensor keeps running.
+evaluation of the same state cannot launch the same run twice.
+
+One bad file never stops the others: a query that does not validate, a file that is not UTF-8,
+one over the size limit (not even read) or nested too deeply to parse is logged with its name and
+the reason, and skipped until it changes; every other query goes on in the same tick. A file
+that cannot be read for another reason (the store failed mid-tick) is not recorded, so the next
+tick tries it again.
 """
 
 import json
@@ -24,7 +29,7 @@ from .. import layout
 from ..core.storage import md5_hex
 from ..resources import CatalogDatabase, ObjectStoreResource
 from .assets import SQL_MD5, image_queries, image_set
-from .registry import QueryRegistry
+from .registry import QueryNotFound, QueryRegistry, QueryUnreadable
 from .sandbox import SqlRejected, dialect_of, validate_sql
 
 
@@ -48,27 +53,36 @@ def image_query_sensor(
     for name, md5 in sorted(current.items()):
         if seen.get(name) == md5:
             continue
-        seen[name] = md5
+        key = layout.query(name)
         try:
-            validate_sql(registry.get(name), dialect)
-        except SqlRejected as exc:
-            context.log.warning(f"{layout.query(name)} is skipped until it changes: {exc}")
+            validate_sql(registry.get(name), dialect, registry.max_sql_bytes)
+        except QueryNotFound:  # removed since the listing: the next tick sees it gone
             continue
+        except SqlRejected as exc:  # QueryUnreadable too: not UTF-8, over the size limit
+            reason = exc.reason if isinstance(exc, QueryUnreadable) else str(exc)
+            context.log.warning(f"{key} is skipped until it changes: {reason}")
+            seen[name] = md5
+            continue
+        except Exception as exc:  # the store failed on this file: the others go on, this one next tick
+            context.log.warning(f"{key} could not be read this tick, tried again on the next: "
+                                f"{type(exc).__name__}: {exc}")
+            continue
+        seen[name] = md5
         if name not in known_partitions:
             new_partitions.append(name)
             latest_md5, since = None, "none"
         else:
             latest_md5, since = latest_sql_md5(context.instance, name)
         if latest_md5 == md5:
-            context.log.info(f"{layout.query(name)} is what image_set[{name}] was last made with: nothing to do")
+            context.log.info(f"{key} is what image_set[{name}] was last made with: nothing to do")
             continue
         change = "new" if name in new_partitions else "changed"
-        context.log.info(f"{layout.query(name)} is {change}: requesting a run")
+        context.log.info(f"{key} is {change}: requesting a run")
         run_requests.append(dg.RunRequest(partition_key=name, run_key=f"{name}:{md5}:{since}",
                                           tags={"fashion-assets/query": name}))
     ignored = registry.invalid_names()
     for name in set(ignored) - set(state.get("ignored", [])):  # say it once, not every tick
-        context.log.warning(f"{layout.QUERIES}{name} is ignored: expected queries/<slug>.sql")
+        context.log.warning(f"{layout.QUERIES}{ascii(name)[1:-1]} is ignored: expected queries/<slug>.sql")
     for name in set(seen) - set(current):  # file deleted: forget it; `query remove` drops the partition
         del seen[name]
 
