@@ -5,9 +5,31 @@ from __future__ import annotations
 import io
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from .labels import HEADS
+
+# Words, not arrows: Pillow's built-in font has no arrows (they rendered as boxes).
+AXES_CAPTION = "rows: true class, columns: predicted"
+
+
+def _glyph(font, char: str) -> bytes:
+    image = Image.new("L", (32, 32))
+    ImageDraw.Draw(image).text((4, 4), char, font=font, fill=255)
+    return image.tobytes()
+
+
+def missing_glyphs(text: str, font=None) -> list[str]:
+    """The characters of ``text`` the font draws as its 'missing glyph' box."""
+    font = font or ImageFont.load_default()
+    box = _glyph(font, "\uffff")  # a noncharacter: no font has it
+    return sorted({c for c in text if not c.isspace() and _glyph(font, c) == box})
+
+
+def drawable(text: str, font=None) -> str:
+    """``text`` with every character the font lacks replaced by '?' (never a box)."""
+    missing = set(missing_glyphs(text, font))
+    return "".join("?" if c in missing else c for c in text)
 
 
 def head_metrics(probs: dict[str, np.ndarray], targets: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
@@ -55,13 +77,14 @@ def confusion_png(pred: np.ndarray, target: np.ndarray, classes: list[str], top:
             draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=(shade, shade, 255))
             if matrix[r, c] >= 0.01:
                 draw.text((x + 2, y + 7), f"{round(100 * matrix[r, c])}", fill="black" if shade > 120 else "white")
-        draw.text((4, label_w + r * cell + 7), classes[order[r]][:22], fill="black")
+        draw.text((4, label_w + r * cell + 7), drawable(classes[order[r]][:22]), fill="black")
     for c in range(n):  # column labels, written vertically
-        text = classes[order[c]][:22]
+        text = drawable(classes[order[c]][:22])
         layer = Image.new("RGB", (label_w - 4, cell), "white")
         ImageDraw.Draw(layer).text((2, 7), text, fill="black")
         img.paste(layer.rotate(90, expand=True), (label_w + c * cell, 2))
-    draw.text((4, 4), "true \u2193  predicted \u2192", fill="gray")
+    for line, caption in enumerate(AXES_CAPTION.split(", ")):
+        draw.text((4, 4 + 14 * line), caption, fill="gray")
     buffer = io.BytesIO()
     img.save(buffer, "PNG", optimize=True)
     return buffer.getvalue()

@@ -3,6 +3,7 @@
 Thin wiring around ``export`` (plan, shards, commit); the query runs in ``sandbox``.
 """
 
+import base64
 import collections
 import time
 
@@ -15,6 +16,7 @@ from ..core.progress import Progress
 from ..core.reporting import markdown_table
 from ..core.shards import Shard, remove_leftovers
 from ..core.storage import md5_hex
+from ..labelling.pictures import set_contact_sheet
 from ..resources import CatalogDatabase, ObjectStoreResource
 from .export import ExportPlan, ExportShardResult, commit_export, export_shard, plan_export, read_manifest
 from .registry import QueryRegistry
@@ -97,6 +99,7 @@ def write_image_manifest(context: dg.OpExecutionContext, config: ImageSetConfig,
     context.log.info(f"{plan.exported:,} images in the set: {copied:,} copied, {unchanged:,} unchanged, "
                      f"{result.removed:,} removed, {plan.missing:,} selected ids without an image")
     seconds = plan.seconds + sum(s.seconds for s in result.shards)
+    sheet = set_contact_sheet(store_, plan.name, workers=config.workers or store.max_concurrency)
     preview_columns = ["id", "article_type", "base_colour", "gender", "product_display_name", "key"]
     return dg.Output(None, metadata={
         "sql": dg.MetadataValue.md(f"```sql\n{plan.sql.strip()}\n```"),
@@ -122,6 +125,10 @@ def write_image_manifest(context: dg.OpExecutionContext, config: ImageSetConfig,
         "preview": dg.MetadataValue.md(
             markdown_table(preview_columns, [[row.get(c) for c in preview_columns] for row in plan.preview])
         ),
+        "contact_sheet": dg.MetadataValue.md(
+            f"{sheet.shown:,} of {sheet.total:,} images (lowest ids first), captioned with their product id."
+            f"\n\n![contact sheet](data:image/png;base64,{base64.b64encode(sheet.png).decode()})\n\n"
+            f"Stored at `{sheet.uri}`" if sheet else "_an empty set: no images_"),
     })
 
 

@@ -243,6 +243,8 @@ def export_set(store: ObjectStore, engine: sa.Engine, name: str, fmt: str, out: 
         raise ValueError(f"expiry must be a positive number of seconds, not {expires_s}")
     path = Path(out).expanduser().absolute()
     check_writable(path)
+    if fmt == "label-studio":
+        check_writable(config_path_for(path))
     selection = load_set(store, engine, name)
     config_path = None
     if fmt == "label-studio":

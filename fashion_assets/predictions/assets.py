@@ -1,6 +1,7 @@
 """``predictions``: the classifier over a query's images, as a SQL table and Parquet (thin
 wiring around ``build``: plan, one GPU step per shard, commit)."""
 
+import base64
 import time
 from typing import Literal
 
@@ -24,6 +25,7 @@ from ..core.progress import Progress
 from ..core.reporting import markdown_table
 from ..core.shards import Shard, remove_leftovers
 from ..image_sets.assets import image_queries
+from ..labelling.pictures import disagreement_gallery
 from ..resources import CatalogDatabase, ObjectStoreResource
 from .build import (
     PredictPlan,
@@ -89,6 +91,10 @@ def write_predictions(context: dg.OpExecutionContext, config: PredictionsConfig,
         result = commit_predictions(catalog_db.engine, store_, plan, shards, store.max_concurrency)
     seconds = sum(s.seconds for s in result.shards)
     preview_columns = ["id", "variant", *[f"{h}_label" for h in HEADS], "article_type_confidence"]
+    keys = {(r["id"], r["variant"]): r["key"] for r in input_table(store_, plan.name, plan.source).to_pylist()}
+    found, gallery = disagreement_gallery(store_, catalog_db.engine, plan.name, keys,
+                                          workers=store.max_concurrency)
+    context.log.info(f"{len(found):,} images whose predicted article type is not the catalog's")
     return dg.Output(None, metadata={
         "dagster/row_count": result.rows,
         "source": plan.source,
@@ -105,6 +111,15 @@ def write_predictions(context: dg.OpExecutionContext, config: PredictionsConfig,
              for r in result.preview], limit=10)),
         "table": "predictions",
         "parquet": store_.uri(layout.predictions(plan.name)),
+        "disagreements": len(found),
+        "disagreement_gallery": dg.MetadataValue.md(
+            f"Images whose predicted article type is not the catalog's, most confident first: label-error "
+            f"candidates ({gallery.shown:,} of {gallery.total:,} shown). Each: id and confidence, the catalog's "
+            f"label, the model's.\n\n![disagreements](data:image/png;base64,{base64.b64encode(gallery.png).decode()})"
+            f"\n\nStored at `{gallery.uri}`" if gallery else "_none: the model agrees with the catalog on every image_"),
+        "disagreement_list": dg.MetadataValue.md(markdown_table(
+            ["id", "variant", "catalog article_type", "predicted", "confidence"],
+            [(d.id, d.variant, d.catalog, d.predicted, round(d.confidence, 3)) for d in found], limit=20)),
     })
 
 
