@@ -27,7 +27,7 @@ def _signature_text(signature: dict) -> str:
         return f"{name}: {spec['dtype']} {spec['shape']}"
 
     inputs = ", ".join(line(n, s) for n, s in signature.get("inputs", {}).items())
-    outputs = ", ".join(line(n, s) for n, s in signature.get("outputs", {}).items())
+    outputs = ", ".join(line(n, s) for n, s in sorted(signature.get("outputs", {}).items()))
     return f"{SIGNATURE}({inputs}) -> {outputs}"
 
 

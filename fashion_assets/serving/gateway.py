@@ -299,6 +299,8 @@ class Gateway:
 
 def create_app(store: ObjectStore, config: GatewayConfig | None = None, backend=None) -> Starlette:
     """The ASGI app; the model loads in the background once the server starts."""
+    # httpx logs every request's full URL at INFO: a presigned URL's signature is a secret.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     gateway = Gateway(store, config or GatewayConfig(), backend)
     app = Starlette(
         routes=[Route("/healthz", gateway.healthz), Route("/v1/model", gateway.model),

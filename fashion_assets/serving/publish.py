@@ -162,9 +162,8 @@ def publish(store: ObjectStore, version: str, log=lambda message: None) -> Publi
                 "signature_name": SIGNATURE, "signature": signature,
                 "heads": labels["heads"], "image_size": labels["image_size"]}
     store.put_bytes(layout.serving_labels(number), json.dumps(document, indent=2).encode(), "application/json")
-    if reused:
-        nbytes = sum(o.size or 0 for o in store.list(prefix))
-        objects = sum(1 for _ in store.list(prefix))
+    listed = list(store.list(prefix))  # what TF Serving's init container will copy, labels included
+    objects, nbytes = len(listed), sum(o.size for o in listed)
     config = models_config(number)
     store.put_bytes(layout.SERVING_CONFIG, config.encode(), "text/plain")
     return Published(number, version, objects, nbytes, config, bool(reused))

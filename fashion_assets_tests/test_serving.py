@@ -1,0 +1,437 @@
+"""Online prediction, for real: ``serving_model`` publishes a trained classifier, the gateway runs
+as a real ``fashion-assets serve`` process (uvicorn on loopback) and is called over HTTP; its
+answers are compared with a real ``predictions`` materialisation of the same images.
+
+Why this module is long: one trained model and one materialised ``predictions`` table (the
+expensive part) serve every test here, and the hostile-input tests need the same gateway."""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import dagster as dg
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from fashion_assets import layout
+from fashion_assets.catalog.assets import product_images, products
+from fashion_assets.classifier.assets import fashion_classifier
+from fashion_assets.classifier.labels import HEADS
+from fashion_assets.image_sets.assets import image_queries, image_set
+from fashion_assets.image_sets.registry import QueryRegistry
+from fashion_assets.predictions.assets import predictions
+from fashion_assets.serving import publish
+from fashion_assets.serving.assets import serving_model, serving_signature
+
+from .catalog_files import decompression_bomb, image_bytes, truncated_jpeg
+from .conftest import embedded_backend
+from .servers import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "examples" / "sample-catalog"
+TINY_MODEL = {"epochs": 1, "image_size": 32, "batch_size": 8, "min_examples": 1, "validation_fraction": 0.3}
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+N_PRODUCTS = 40
+SECRET = "s3cr3t-signature-value"
+
+
+def small_real_catalog(root: Path, n: int = N_PRODUCTS) -> Path:
+    """The first ``n`` imaged products of the sample catalog (real product photos)."""
+    lines = (SAMPLE / "styles.csv").read_text(encoding="utf-8").splitlines()
+    (root / "images").mkdir(parents=True)
+    kept = [lines[0]]
+    for line in lines[1:]:
+        product_id = line.split(",", 1)[0]
+        image = SAMPLE / "images" / f"{product_id}.jpg"
+        if image.is_file():
+            kept.append(line)
+            (root / "images" / image.name).write_bytes(image.read_bytes())
+        if len(kept) > n:
+            break
+    (root / "styles.csv").write_text("\n".join(kept) + "\n", encoding="utf-8")
+    return root
+
+
+def materialise(assets, resources, instance, partition=None, config=None, checks=()):
+    ops = {a.node_def.name: {"config": c} for a, c in (config or {}).items()}
+    result = dg.materialize([*assets, *checks], resources=resources, instance=instance, partition_key=partition,
+                            run_config={**QUIET, "ops": ops})
+    assert result.success
+    return result
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    """Catalog, set 'all', a tiny classifier, its predictions and its publication: once."""
+    tmp = tmp_path_factory.mktemp("serving")
+    backend = embedded_backend(tmp)
+    dataset = small_real_catalog(tmp / "dataset")
+    resources = backend.resources(dataset)
+    instance = dg.DagsterInstance.ephemeral()
+    materialise([products, product_images], resources, instance)
+    QueryRegistry(backend.store()).put("all", "SELECT id FROM products")
+    instance.add_dynamic_partitions(image_queries.name, ["all"])
+    materialise([image_set], resources, instance, partition="all")
+    materialise([fashion_classifier], resources, instance, config={fashion_classifier: TINY_MODEL})
+    materialise([predictions], resources, instance, partition="all")
+    published = materialise([serving_model], resources, instance, checks=[serving_signature])
+    with backend.engine().connect() as conn:
+        rows = conn.execute(sa.text("SELECT * FROM predictions WHERE image_set = 'all' ORDER BY id")).mappings().all()
+    return backend, dataset, published, [dict(r) for r in rows]
+
+
+@contextlib.contextmanager
+def gateway(backend, dataset, *args: str, env: dict | None = None):
+    """``fashion-assets serve`` as a real process on a free loopback port, until /healthz is 200."""
+    port = free_port()
+    log_path = Path(backend.store_url).parent / f"gateway-{port}.log"
+    full_env = {**os.environ, **backend.env(dataset), "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "fashion_assets.cli", "serve", "--port", str(port), *args],
+            env=full_env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                if httpx.get(base + "/healthz", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"gateway did not become healthy:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.3)
+        yield base, log_path
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+@pytest.fixture(scope="module")
+def default_gateway(pipeline):
+    backend, dataset, _, _ = pipeline
+    with gateway(backend, dataset) as served:
+        yield served
+
+
+class ImageServer(http.server.ThreadingHTTPServer):
+    """A loopback HTTP server with the answers the URL tests need."""
+
+    daemon_threads = True
+
+    def __init__(self, images: dict[str, bytes]):
+        self.images = images
+        super().__init__(("127.0.0.1", 0), _Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):  # noqa: N802
+        path, _, query = self.path.partition("?")
+        if path.startswith("/img/") and path[5:] in self.server.images:
+            return self._send(200, self.server.images[path[5:]])
+        if path == "/redirect":
+            self.send_response(302)
+            self.send_header("Location", query.removeprefix("to="))
+            self.send_header("Content-Length", "0")
+            return self.end_headers()
+        if path == "/big":  # declared too large
+            return self._send(200, b"\xff" * (10 * 1024 * 1024 + 1))
+        if path == "/big-undeclared":  # too large, no Content-Length: counted while streaming
+            self.send_response(200)
+            self.end_headers()
+            for _ in range(11):
+                self.wfile.write(b"\xff" * 1024 * 1024)
+            return None
+        if path == "/slow":
+            time.sleep(4)
+            return self._send(200, b"late")
+        return self._send(404, b"no such thing")
+
+    def _send(self, status: int, body: bytes):
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            self.wfile.write(body)
+
+
+@pytest.fixture(scope="module")
+def image_server(pipeline):
+    _, dataset, _, rows = pipeline
+    images = {f"{r['id']}.jpg": (dataset / "images" / f"{r['id']}.jpg").read_bytes() for r in rows}
+    server = ImageServer(images)
+    yield server
+    server.shutdown()
+
+
+def expected(row: dict) -> dict:
+    return {h: [{"label": label, "confidence": p} for label, p in json.loads(row[f"{h}_top5"])] for h in HEADS}
+
+
+def assert_same_as_table(answer: dict, row: dict) -> None:
+    """Labels equal the predictions table's, best first; confidences agree to 1e-5."""
+    want = expected(row)
+    for head in HEADS:
+        got = answer[head]
+        assert [g["label"] for g in got][:1] == [row[f"{head}_label"]], (row["id"], head)
+        assert len(got) == len(want[head]) == min(5, len(got))
+        for g, w in zip(got, want[head], strict=True):
+            assert abs(g["confidence"] - w["confidence"]) <= 1e-5 + 1e-12, (row["id"], head, g, w)
+        # the rest of the top 5 too, except where two probabilities tie within the tolerance
+        for i, (g, w) in enumerate(zip(got, want[head], strict=True)):
+            if g["label"] != w["label"]:
+                assert abs(got[i]["confidence"] - want[head][i]["confidence"]) <= 2e-5
+
+
+# --- publication ---------------------------------------------------------------------------------
+
+
+def test_serving_model_publishes_tf_serving_layout(pipeline):
+    backend, _, result, rows = pipeline
+    store = backend.store()
+    [event] = result.get_asset_materialization_events()
+    meta = {k: v.value for k, v in event.materialization.metadata.items()}
+    version = rows[0]["model_version"]
+    number = int(version[:8] + version[9:15])
+    assert (meta["serving_version"], meta["model_version"]) == (number, version)
+    assert meta["signature"] == (
+        "serving_default(image: uint8 [None, 32, 32, 3]) -> "
+        + ", ".join(f"{h}: float32 [None, {len(json.loads(store.get_bytes(layout.model_labels(version)))['heads'][h])}]"
+                    for h in sorted(HEADS)))
+    assert store.exists(f"serving/fashion_classifier/{number}/saved_model.pb")
+    assert meta["size_bytes"] == sum(o.size for o in store.list(layout.serving_version(number)))
+    assert store.get_bytes("serving/models.config").decode() == (
+        "model_config_list {\n  config {\n    name: \"fashion_classifier\"\n"
+        "    base_path: \"/models/fashion_classifier\"\n    model_platform: \"tensorflow\"\n"
+        f"    model_version_policy {{ specific {{ versions: {number} }} }}\n  }}\n}}\n")
+    [check] = result.get_asset_check_evaluations()
+    assert check.passed and check.metadata["problems"].value == "none"
+    # Publishing the same model again copies nothing and keeps the number.
+    again = publish.publish(store, version)
+    assert (again.number, again.reused, again.bytes) == (number, True, meta["size_bytes"])
+
+
+def test_the_signature_check_names_what_is_wrong():
+    signature = {"inputs": {"inputs": {"dtype": "float32", "shape": [None, 64, 64, 3]}},
+                 "outputs": {"master_category": {"dtype": "float32", "shape": [None, 2]}}, "signatures": []}
+    classes = {"master_category": ["a", "b"], "sub_category": ["c"], "article_type": ["d", "e", "f"]}
+    assert publish.signature_problems(signature, 32, classes) == [
+        "input inputs: float32 [None, 64, 64, 3], expected uint8 [None, 32, 32, 3]",
+        "output sub_category is missing (outputs: ['master_category'])",
+        "output article_type is missing (outputs: ['master_category'])",
+    ]
+    assert publish.signature_problems({"inputs": {}, "signatures": ["other"]}, 32, classes) == [
+        "no serving_default signature (signatures: ['other'])"]
+
+
+def test_serving_keys_are_tf_servings_layout():
+    assert layout.serving_version(20250101120000) == "serving/fashion_classifier/20250101120000/"
+    assert layout.serving_labels(7) == "serving/fashion_classifier/7/assets.extra/labels.json"
+    assert layout.SERVING_CONFIG == "serving/models.config"
+    assert layout.serving_version_number("serving/fashion_classifier/7/variables/variables.index") == 7
+    assert layout.serving_version_number("serving/fashion_classifier/x/saved_model.pb") is None
+    for bad in (0, -1, "3", True):
+        with pytest.raises(ValueError, match="TF Serving needs a positive integer"):
+            layout.serving_version(bad)
+    assert publish.serving_number("20250101T120000Z", []) == 20250101120000
+    assert publish.serving_number("imported-x", [3, 9]) == 10
+    assert [layout.is_image_key(k) for k in ("catalog/images/15.jpg", "image-sets/a/images/15.jpg",
+                                             "image-sets/a/augmented/3ef0/15_1.jpg", "models/fashion_classifier/LATEST",
+                                             "catalog/images/../../x.jpg", "image-sets/a/manifest.parquet")] == [
+        True, True, True, False, False, False]
+
+
+# --- the gateway: answers ------------------------------------------------------------------------
+
+
+def test_healthz_and_model(pipeline, default_gateway):
+    backend, _, _, rows = pipeline
+    base, _ = default_gateway
+    version = rows[0]["model_version"]
+    labels = json.loads(backend.store().get_bytes(layout.model_labels(version)))
+    assert httpx.get(base + "/healthz").json() == {"status": "ok", "backend": "embedded", "model_version": version}
+    model = httpx.get(base + "/v1/model").json()
+    assert model == {"model_version": version, "serving_version": int(version[:8] + version[9:15]),
+                     "model_name": "fashion_classifier", "image_size": 32, "input": "uint8 RGB [N, 32, 32, 3]",
+                     "heads": labels["heads"], "backend": "embedded"}
+
+
+def test_upload_gives_the_predictions_tables_answer(pipeline, default_gateway):
+    _, dataset, _, rows = pipeline
+    base, _ = default_gateway
+    assert len(rows) == N_PRODUCTS
+    for row in rows[:10]:  # one image per request
+        data = (dataset / "images" / f"{row['id']}.jpg").read_bytes()
+        response = httpx.post(base + "/v1/predict", files={"image": (f"{row['id']}.jpg", data, "image/jpeg")})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert (body["model_version"], set(body)) == (row["model_version"],
+                                                      {"model_version", "serving_version", "predictions"})
+        assert_same_as_table(body["predictions"], row)
+    # several files in one request: answers in input order
+    batch = rows[10:]
+    files = [("image", (f"{r['id']}.jpg", (dataset / "images" / f"{r['id']}.jpg").read_bytes(), "image/jpeg"))
+             for r in batch]
+    response = httpx.post(base + "/v1/predict", files=files)
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert [r["input"] for r in results] == [f"upload {r['id']}.jpg" for r in batch]
+    for result, row in zip(results, batch, strict=True):
+        assert_same_as_table(result["predictions"], row)
+
+
+def test_concurrent_requests_are_batched_and_answer_each_their_own(pipeline, default_gateway):
+    _, dataset, _, rows = pipeline
+    base, log_path = default_gateway
+
+    def one(row):
+        data = (dataset / "images" / f"{row['id']}.jpg").read_bytes()
+        return row, httpx.post(base + "/v1/predict", files={"image": ("x.jpg", data)}, timeout=60).json()
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(one, rows * 2))
+    assert len(answers) == 2 * N_PRODUCTS
+    for row, answer in answers:
+        assert_same_as_table(answer["predictions"], row)
+
+
+def test_store_key(pipeline, default_gateway):
+    _, _, _, rows = pipeline
+    base, _ = default_gateway
+    row = rows[3]
+    one = httpx.post(base + "/v1/predict", json={"key": layout.set_image("all", row["id"])})
+    assert one.status_code == 200, one.text
+    assert_same_as_table(one.json()["predictions"], row)
+    keys = [layout.catalog_image(r["id"]) for r in rows[:4]]
+    many = httpx.post(base + "/v1/predict", json={"keys": keys}).json()["results"]
+    assert [m["input"] for m in many] == [f"key {k}" for k in keys]
+    for answer, row in zip(many, rows[:4], strict=True):
+        assert_same_as_table(answer["predictions"], row)
+
+
+def test_url_from_a_loopback_server_allowed_for_this_test_only(pipeline, image_server):
+    """Private addresses are allowed by configuration here (``--allow-networks 127.0.0.1/32``):
+    the server is on loopback. A redirect to another loopback address, outside that network, and
+    one to the cloud metadata address are still refused: checked after redirects."""
+    backend, dataset, _, rows = pipeline
+    with gateway(backend, dataset, "--allow-networks", "127.0.0.1/32", "--download-timeout", "2") as (base, log):
+        row = rows[5]
+        url = f"{image_server.url}/img/{row['id']}.jpg"
+        answer = httpx.post(base + "/v1/predict", json={"url": url})
+        assert answer.status_code == 200, answer.text
+        assert_same_as_table(answer.json()["predictions"], row)
+        urls = [f"{image_server.url}/img/{r['id']}.jpg" for r in rows[:3]]
+        many = httpx.post(base + "/v1/predict", json={"urls": urls}).json()["results"]
+        assert [m["input"] for m in many] == urls
+        for m, r in zip(many, rows[:3], strict=True):
+            assert_same_as_table(m["predictions"], r)
+        redirected = httpx.post(base + "/v1/predict", json={"url": f"{image_server.url}/redirect?to={url}"})
+        assert redirected.status_code == 200
+        assert_same_as_table(redirected.json()["predictions"], row)
+
+        cases = [
+            (f"{image_server.url}/redirect?to=http://127.0.0.2:{image_server.server_address[1]}/img/x.jpg", 403,
+             "host '127.0.0.2' resolves to 127.0.0.2, a loopback address: not fetched"),
+            (f"{image_server.url}/redirect?to=http://169.254.169.254/latest/meta-data/", 403,
+             "host '169.254.169.254' resolves to 169.254.169.254, a link-local address: not fetched"),
+            (f"{image_server.url}/big", 413,
+             f"{image_server.url}/big: 10,485,761 bytes is over the 10,485,760-byte limit"),
+            (f"{image_server.url}/big-undeclared", 413,
+             f"{image_server.url}/big-undeclared: more than the 10,485,760-byte limit"),
+            (f"{image_server.url}/slow", 408, f"{image_server.url}/slow: download did not finish within 2 s"),
+            (f"{image_server.url}/missing?X-Amz-Signature={SECRET}", 400, f"{image_server.url}/missing: answered HTTP 404"),
+        ]
+        for bad_url, status, message in cases:
+            response = httpx.post(base + "/v1/predict", json={"url": bad_url}, timeout=30)
+            assert (response.status_code, response.json()) == (status, {"error": message}), bad_url
+        assert SECRET not in log.read_text()
+
+
+# --- the gateway: bad input ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("data", "status", "message"), [
+    (b"this is not an image\n", 415, "upload bad.jpg: not an image (expected JPEG, PNG, GIF or BMP)"),
+    (b"", 422, "upload bad.jpg: empty (0 bytes), not an image"),
+    (truncated_jpeg(10), 422, "upload bad.jpg: truncated or corrupt image data"),
+    (decompression_bomb(), 413, "upload bad.jpg: 8000x8000 pixels is over the 40,000,000 limit "
+                                "(possible decompression bomb)"),
+    (image_bytes(1, fmt="TIFF"), 415, "upload bad.jpg: TIFF images are not accepted (expected JPEG, PNG, GIF or BMP)"),
+])
+def test_bad_uploads_are_refused_with_a_clear_4xx(default_gateway, data, status, message):
+    base, _ = default_gateway
+    response = httpx.post(base + "/v1/predict", files={"image": ("bad.jpg", data, "image/jpeg")})
+    assert (response.status_code, response.json()) == (status, {"error": message})
+
+
+def test_a_bad_file_among_good_ones_fails_the_whole_request(pipeline, default_gateway):
+    _, dataset, _, rows = pipeline
+    base, _ = default_gateway
+    good = (dataset / "images" / f"{rows[0]['id']}.jpg").read_bytes()
+    response = httpx.post(base + "/v1/predict", files=[("image", ("a.jpg", good)), ("image", ("b.jpg", b"nope"))])
+    assert (response.status_code, response.json()) == (
+        415, {"error": "upload b.jpg: not an image (expected JPEG, PNG, GIF or BMP)"})
+
+
+def test_oversized_upload_is_413(default_gateway):
+    base, _ = default_gateway
+    response = httpx.post(base + "/v1/predict", files={"image": ("big.jpg", b"\xff" * (10 * 1024 * 1024 + 10))})
+    assert (response.status_code, response.json()) == (413, {"error": "request body is over the 10,485,760-byte limit"})
+
+
+@pytest.mark.parametrize(("body", "status", "message"), [
+    ({"key": "catalog/images/999999.jpg"}, 404, "no object 'catalog/images/999999.jpg' in the store"),
+    ({"key": "models/fashion_classifier/LATEST"}, 400, "key 'models/fashion_classifier/LATEST' does not name a "
+     "product image in the store (catalog/images/<id>.jpg, or an image set's images)"),
+    ({"url": "file:///etc/passwd"}, 400, "only http and https URLs are fetched, not 'file'"),
+    ({"url": "ftp://example.com/x.jpg"}, 400, "only http and https URLs are fetched, not 'ftp'"),
+    ({"url": "http://user:pw@example.com/x.jpg"}, 400, "http://example.com/x.jpg: credentials in URLs are not accepted"),
+    ({"url": "http://localhost:9/x.jpg"}, 403, "host 'localhost' resolves to 127.0.0.1, a loopback address: not fetched"),
+    ({"url": "http://169.254.169.254/latest/meta-data/"}, 403,
+     "host '169.254.169.254' resolves to 169.254.169.254, a link-local address: not fetched"),
+    ({"url": "http://10.0.0.8/x.jpg"}, 403, "host '10.0.0.8' resolves to 10.0.0.8, a private address: not fetched"),
+    ({"url": "http://[::1]/x.jpg"}, 403, "host '::1' resolves to ::1, a loopback address: not fetched"),
+    ({"url": 5}, 400, "'url' must be a non-empty string"),
+    ({"urls": []}, 400, "'urls' must be a non-empty list"),
+    ({"url": "http://a/", "key": "b"}, 400,
+     'send exactly one of {"url": ...}, {"urls": [...]}, {"key": ...}, {"keys": [...]}'),
+])
+def test_bad_json_inputs_are_refused_with_a_clear_4xx(default_gateway, body, status, message):
+    base, log = default_gateway
+    response = httpx.post(base + "/v1/predict", json=body)
+    assert (response.status_code, response.json()) == (status, {"error": message})
+    assert "pw@" not in log.read_text()
+
+
+def test_other_bodies_are_refused(default_gateway):
+    base, _ = default_gateway
+    assert httpx.post(base + "/v1/predict", content=b"{", headers={"content-type": "application/json"}).json() == {
+        "error": "the body is not valid JSON"}
+    response = httpx.post(base + "/v1/predict", content=b"raw", headers={"content-type": "image/jpeg"})
+    assert response.status_code == 415
+    response = httpx.post(base + "/v1/predict", files={"other": ("x.jpg", b"x")})
+    assert (response.status_code, response.json()) == (400, {"error": "multipart body has no field 'image'"})
