@@ -28,6 +28,7 @@ cost); kept in one place so that a review of the sandbox reads one file.
 from __future__ import annotations
 
 import decimal
+import math
 import os
 import resource
 import sqlite3
@@ -46,6 +47,7 @@ DEFAULT_TIMEOUT_S = 60.0
 DEFAULT_CHUNK_ROWS = 10_000
 # Ids are 64-bit integers everywhere they are stored (the tables' BIGINT, the manifests' int64).
 ID_MIN, ID_MAX = -(2**63), 2**63 - 1
+FLOAT_EXACT = 2**53  # floats hold every integer up to this, and not all beyond
 MAX_SQL_BYTES_ENV = "FASHION_QUERY_MAX_BYTES"
 MAX_IDS_ENV = "FASHION_QUERY_MAX_IDS"
 MAX_MEMORY_ENV = "FASHION_QUERY_MAX_MEMORY_MB"
@@ -147,22 +149,28 @@ class SelectionGuard:
 
 def as_id(value: object) -> int:
     """A selected value as a product id: an integer (or a whole number of another type) that fits
-    in 64 bits; anything else is refused, naming the value and the range."""
-    product_id = None
+    in 64 bits; anything else is refused, naming the value and the range. A float is taken only
+    where it is exact (up to 2**53): SQLite turns an integer literal beyond 64 bits into a float,
+    which would otherwise come back as a different id."""
+    shown = str(value) if isinstance(value, (int, float, decimal.Decimal)) else repr(value)
+    if len(shown) > 30 and isinstance(value, (int, decimal.Decimal)):  # PostgreSQL writes 9e999 out in full
+        shown = format(decimal.Decimal(value).normalize(), ".6g")
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    out_of_range = SqlRejected(f"the id column returned {shown}, outside the range of ids: 64-bit integers, "
+                               f"from {ID_MIN:,} to {ID_MAX:,}")
+    if isinstance(value, float) and (math.isinf(value) or abs(value) > ID_MAX):
+        raise out_of_range
+    if isinstance(value, float) and value.is_integer() and abs(value) > FLOAT_EXACT:
+        raise SqlRejected(f"the id column returned {shown}, a floating-point number too large to be an exact id "
+                          f"(ids are 64-bit integers, from {ID_MIN:,} to {ID_MAX:,}): select it as an integer")
     try:
         product_id = int(value)  # type: ignore[arg-type]
-        if not (product_id == value or str(product_id) == str(value).strip()):
-            product_id = None
-    except (TypeError, ValueError, OverflowError):  # OverflowError: float infinity
-        pass
-    shown = str(value) if isinstance(value, (int, float, decimal.Decimal)) else repr(value)
-    if len(shown) > 60:
-        shown = shown[:57] + "..."
-    if product_id is None:
+    except (TypeError, ValueError, OverflowError):
+        product_id = None
+    if product_id is None or not (product_id == value or str(product_id) == str(value).strip()):
         raise SqlRejected(f"the id column must hold product ids (integers); it returned {shown}")
     if not ID_MIN <= product_id <= ID_MAX:
-        raise SqlRejected(f"the id column returned {shown}, outside the range of ids: 64-bit integers, "
-                          f"from {ID_MIN:,} to {ID_MAX:,}")
+        raise out_of_range
     return product_id
 
 
@@ -322,7 +330,7 @@ class SqlSandbox:
         # A separate connection that SQLite itself opens read-only, not read-only by convention. The
         # path is percent-encoded (as_uri): a '#', '?' or '%' in it would otherwise end the path
         # early, losing mode=ro and opening (creating) another file.
-        conn = sqlite3.connect(f"{Path(path).absolute().as_uri()}?mode=ro", uri=True, timeout=30)
+        conn = sqlite3.connect(sqlite_uri(path, "ro"), uri=True, timeout=30)
         deadline = time.monotonic() + self.timeout_s
         timed_out = False
 
@@ -346,6 +354,13 @@ class SqlSandbox:
             conn.close()
 
 
+def sqlite_uri(path: str, mode: str) -> str:
+    """A ``file:`` URI for the SQLite file ``path`` opened in ``mode`` (``ro``: SQLite refuses every
+    write; ``rw``: never creates the file). The path is absolute and percent-encoded, so a '#',
+    '?', '%' or space in a folder's name stays part of the path."""
+    return f"{Path(path).absolute().as_uri()}?mode={mode}"
+
+
 def _recover_sqlite_hot_journal(path: str, busy_timeout_s: float = RECOVERY_BUSY_TIMEOUT_S) -> None:
     """Roll back what a crashed writer left behind, so the read-only connection can read.
 
@@ -366,7 +381,7 @@ def _recover_sqlite_hot_journal(path: str, busy_timeout_s: float = RECOVERY_BUSY
                for suffix in ("-journal", "-wal")):
         return
     try:
-        conn = sqlite3.connect(f"{Path(path).absolute().as_uri()}?mode=rw", uri=True, timeout=busy_timeout_s)
+        conn = sqlite3.connect(sqlite_uri(path, "rw"), uri=True, timeout=busy_timeout_s)
     except sqlite3.Error:
         return
     try:
