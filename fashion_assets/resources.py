@@ -28,8 +28,7 @@ from pydantic import Field, PrivateAttr
 from . import layout
 from .catalog import tables as _catalog_tables  # noqa: F401  (registers products, product_images)
 from .core import database, leases
-from .core.storage import (EndpointUnreachable, LocalObjectStore, ObjectStore, S3ObjectStore, StoreError,
-                           parse_s3_url)
+from .core.storage import EndpointUnreachable, LocalObjectStore, ObjectStore, S3ObjectStore, StoreError, parse_s3_url
 from .predictions import table as _predictions_table  # noqa: F401  (registers predictions)
 
 DATASET_DIR_ENV = "FASHION_DATASET_DIR"
@@ -178,14 +177,12 @@ class ObjectStoreResource(dg.ConfigurableResource):
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         try:
             self.get_store().check()
-        except EndpointUnreachable as exc:
-            raise ConfigurationError(f"{self.endpoint_shown()}: {exc}") from None
+        except EndpointUnreachable as exc:  # an S3 store's endpoint is what to fix, not its URL
+            endpoint = getattr(self, "endpoint_url", None)
+            shown = f"={database.masked_endpoint(endpoint)}" if endpoint else " unset (AWS S3)"
+            raise ConfigurationError(f"{S3_ENDPOINT_ENV}{shown}: {exc}") from None
         except StoreError as exc:
             raise ConfigurationError(f"{STORE_URL_ENV}={self.get_store().url}: {exc}") from None
-
-    def endpoint_shown(self) -> str:
-        """The setting to fix when the store's server does not answer, as people may see it."""
-        return STORE_URL_ENV
 
 
 class LocalStoreResource(ObjectStoreResource):
@@ -235,11 +232,6 @@ class S3StoreResource(S3Resource, ObjectStoreResource):
                 config=config,
             )
         return self._client
-
-    def endpoint_shown(self) -> str:
-        if not self.endpoint_url:
-            return f"{S3_ENDPOINT_ENV} unset (AWS S3 for region {self.region_name or 'from the environment'})"
-        return f"{S3_ENDPOINT_ENV}={database.masked_endpoint(self.endpoint_url)}"
 
     def get_object_to_set_on_execution_context(self) -> Any:
         # S3Resource hands out its boto3 client in `context.resources` and `build_resources`;
