@@ -23,6 +23,13 @@ setup(
         "albumentations>=2.0,<2.1",
         "ImageHash>=4.3,<5",  # perceptual hashes: near-duplicate groups of product photos
         "numpy>=1.26",
+        # The online gateway (fashion-assets serve): Starlette on uvicorn, uploads parsed by
+        # python-multipart, URLs fetched with httpx, TF Serving reached over gRPC.
+        "starlette>=0.40,<2",
+        "uvicorn>=0.30,<1",
+        "python-multipart>=0.0.18,<0.1",
+        "httpx>=0.27,<1",
+        "grpcio>=1.60,<2",
         # TensorFlow comes from an extra: `cpu` (tensorflow-cpu, what make installs) or `gpu`
         # (tensorflow, CUDA build; the GPU image has it from its base).
     ],
@@ -30,6 +37,16 @@ setup(
         "cpu": ["tensorflow-cpu>=2.19,<2.22"],
         "gpu": ["tensorflow>=2.19,<2.22"],
         "docker": ["dagster-docker>=0.29,<0.30"],
+        # TF Serving's request/response messages and PredictionService stub, for the gateway's
+        # tfserving backend. The package declares a dependency on the full `tensorflow`
+        # distribution, which with tensorflow-cpu would install a second TensorFlow over the
+        # first. So: this extra only where `tensorflow` is what is installed (`.[gpu,serving]`);
+        # with tensorflow-cpu (make, docker/Dockerfile) it is installed alone, pinned:
+        #   pip install --no-deps -c constraints.txt tensorflow-serving-api
+        # Its modules import `tensorflow.core.framework`, which tensorflow-cpu provides; `pip
+        # check` then reports only that `tensorflow` (the distribution name) is missing, which
+        # fashion_assets_tests/test_serving_deploy.py checks is the one complaint.
+        "serving": ["tensorflow-serving-api>=2.19,<2.22"],
         "dev": [
             # `dg check defs`, `dg list defs`, `dg launch`, `dg dev` (README, "The dg CLI")
             "dagster-dg-cli>=1.13,<1.14",
