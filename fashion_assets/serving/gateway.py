@@ -10,6 +10,10 @@ An answer is ``{"model_version", "serving_version", "predictions": {head: [{"lab
 "confidence"}, ...5]}}``, best first; a batch answers ``{"model_version", "serving_version",
 "results": [{"input", "predictions"}, ...]}`` in input order. A bad input is a 4xx with
 ``{"error": "<what, naming the input>"}``, and nothing is predicted for any input of that request.
+
+Why this module is long: the app's lifecycle, its three endpoints and the reading of the three
+input forms share one object (the backend, the HTTP client, the limits); split, each part would
+reach into the others' state.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from .. import layout
 from ..classifier.artifacts import latest_version, load_local, load_version, read_labels
 from ..classifier.labels import HEADS
 from ..core.storage import ObjectStore
@@ -81,7 +86,7 @@ def load_backend(store: ObjectStore, config: GatewayConfig, workdir: str):
         model = load_version(store, version, workdir)
         info = ModelInfo(version, None, labels["heads"], int(labels["image_size"]))
         log.warning(f"embedded backend: no published model in {store.url}; serving model {version} from "
-                    "models/ directly (materialise serving_model to publish it)")
+                    f"{layout.MODELS} directly (materialise serving_model to publish it)")
     return EmbeddedBackend(model, info, config.max_batch, config.max_delay_s)
 
 

@@ -19,14 +19,15 @@ import json
 import re
 import tempfile
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from .. import layout
 from ..classifier.artifacts import read_labels
 from ..classifier.labels import HEADS
 from ..core.storage import ObjectStore
 
-MODEL_BASE_PATH = "/models/" + layout.SERVED_MODEL_NAME  # where the pod's init container puts it
+# Where TF Serving's pod has the model (a pod path, not a store key): the init container's emptyDir.
+MODEL_BASE_PATH = str(PurePosixPath("/models", layout.SERVED_MODEL_NAME))
 SIGNATURE = "serving_default"
 _TIMESTAMP = re.compile(r"(\d{8})T(\d{6})Z")
 _CONFIG_VERSION = re.compile(r"versions:\s*(\d+)")
