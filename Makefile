@@ -13,7 +13,7 @@ export DAGSTER_HOME ?= $(CURDIR)/data/dagster_home
 # TensorFlow's C++ start-up notices (oneDNN, CPU features) say nothing a user acts on.
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install demo test dev postgres browser clean
+.PHONY: install demo test dev postgres browser label-studio notebook clean
 
 $(STAMP): setup.py constraints.txt
 	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || { \
@@ -54,8 +54,29 @@ demo: install $(DAGSTER_HOME)/dagster.yaml
 	    | $(QUIET) || exit 1; done
 	@$(BIN)/fashion-assets summary
 
-test: install postgres browser
+# Label Studio (the labelling round-trip test starts it) in its own virtualenv: its pins (Django,
+# its own boto3, pandas, protobuf...) clash with ours. Exact pins: constraints-label-studio.txt.
+LS_VENV := .venv-label-studio
+LS_STAMP := $(LS_VENV)/.installed
+$(LS_STAMP): constraints-label-studio.txt
+	test -x $(LS_VENV)/bin/python || $(PYTHON) -m venv $(LS_VENV)
+	$(LS_VENV)/bin/python -m pip install -q --upgrade pip
+	$(LS_VENV)/bin/python -m pip install -q -r constraints-label-studio.txt
+	touch $@
+
+label-studio: $(LS_STAMP)
+
+test: install postgres browser label-studio
 	$(BIN)/python -m pytest
+
+# The walkthrough notebook in JupyterLab (installed on first use, pinned by constraints-notebook.txt
+# on top of constraints.txt); it works in data/walkthrough/, beside make demo's data.
+$(VENV)/.jupyterlab: $(STAMP) constraints-notebook.txt
+	$(BIN)/python -m pip install -q -c constraints.txt -c constraints-notebook.txt jupyterlab
+	touch $@
+
+notebook: $(VENV)/.jupyterlab
+	$(BIN)/jupyter lab examples/walkthrough.ipynb
 
 dev: install $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster dev -w workspace.yaml
