@@ -1,0 +1,155 @@
+"""Benchmark: the online gateway (`fashion-assets serve`, embedded backend, a real process on
+loopback) under concurrency 1, 8 and 32, next to bare batched `model.predict` on the same images
+in the same run (by hand, not in CI).
+
+    .venv/bin/python bench/serve.py [--images 1000] [--requests 600] [--model-dir data/store]
+
+Each request uploads one real catalog photo (multipart, field `image`) and waits for its top 5
+per head. The model is the newest trained one if --model-dir points at a store that has one;
+otherwise an untrained network of the production architecture (speed does not depend on the
+weights), published with serving_model's code. Baselines, same images, same process as the load
+generator: bare `model.predict` (Keras, batch 64) on the images preloaded as one uint8 tensor,
+and the batch path (`classifier.images.batches`: decode + resize in tf.data, then predict).
+Goals on 2 cores: p50 < 25 ms at concurrency 1; at 32, >= 0.5x the bare batched rate. The load
+generator shares the machine with the gateway: both figures include its cost.
+"""
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+from common import DEFAULT_DATASET, REPO
+
+from fashion_assets.classifier import artifacts
+from fashion_assets.classifier.images import batches, load_array
+from fashion_assets.classifier.network import build_classifier
+from fashion_assets.core.storage import LocalObjectStore
+from fashion_assets.serving import publish
+
+VERSION = "20250101T000000Z"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def model_and_labels(args):
+    if args.model_dir:
+        with tempfile.TemporaryDirectory() as tmp:
+            source = artifacts.load_latest(LocalObjectStore(args.model_dir), tmp)
+            return source.keras_model, source.labels
+    classes = {"master_category": 5, "sub_category": 21, "article_type": 40}
+    model = build_classifier(classes, args.image_size)
+    labels = artifacts.labels_document_from_classes({h: [f"{h}{i}" for i in range(n)] for h, n in classes.items()},
+                                                    args.image_size)
+    return model, labels
+
+
+async def load(base: str, datas: list[bytes], concurrency: int, total: int) -> tuple[float, list[float]]:
+    """``total`` single-image requests, ``concurrency`` at a time: (requests/s, latencies in s)."""
+    latencies: list[float] = []
+    next_index = 0
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=60) as client:
+        async def worker():
+            nonlocal next_index
+            while next_index < total:
+                i = next_index
+                next_index += 1
+                started = time.perf_counter()
+                response = await client.post("/v1/predict", files={"image": ("x.jpg", datas[i % len(datas)])})
+                latencies.append(time.perf_counter() - started)
+                assert response.status_code == 200, response.text
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - started
+    return total / wall, latencies
+
+
+def percentile(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default=str(DEFAULT_DATASET))
+    parser.add_argument("--images", type=int, default=1000)
+    parser.add_argument("--requests", type=int, default=600, help="requests per concurrency level")
+    parser.add_argument("--model-dir", help="a store folder with models/fashion_classifier/LATEST")
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--concurrency", default="1,8,32")
+    args = parser.parse_args()
+
+    folder = Path(args.dataset) / "images"
+    if not folder.is_dir():
+        folder = REPO / "examples" / "sample-catalog" / "images"
+    paths = sorted(folder.glob("*.jpg"))[: args.images]
+    datas = [p.read_bytes() for p in paths]
+    print(f"load average before: {os.getloadavg()}, {os.cpu_count()} CPUs; {len(datas):,} images from {folder}")
+
+    work = Path(tempfile.mkdtemp(prefix="fashion-bench-serve-"))
+    store = LocalObjectStore(work / "store")
+    model, labels = model_and_labels(args)
+    artifacts.save_model(store, model, labels, VERSION)
+    published = publish.publish(store, VERSION)
+    size = labels["image_size"]
+
+    # Baselines, the same images.
+    x = load_array(enumerate(datas), len(datas), size)
+    model.predict(x[:128], batch_size=64, verbose=0)
+    started = time.perf_counter()
+    model.predict(x, batch_size=64, verbose=0)
+    bare = len(x) / (time.perf_counter() - started)
+    forward = artifacts.keras_predict(model)
+    started = time.perf_counter()
+    for _, images in batches(enumerate(datas), size, 64):
+        forward(images)
+    batch_path = len(datas) / (time.perf_counter() - started)
+    print(f"{len(x):,} images at {size}px, {model.count_params():,} parameters, serving version {published.number}")
+    print(f"  bare model.predict, preloaded tensor, batch 64      {bare:8.1f} images/s")
+    print(f"  batch path: decode+resize (tf.data) + predict, 64   {batch_path:8.1f} images/s")
+
+    port = free_port()
+    env = {**os.environ, "FASHION_STORE_URL": str(work / "store"), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    log = open(work / "gateway.log", "wb")
+    process = subprocess.Popen([sys.executable, "-m", "fashion_assets.cli", "serve", "--port", str(port)],
+                               env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                if httpx.get(base + "/healthz", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"gateway did not start; see {work / 'gateway.log'}")
+            time.sleep(0.3)
+        asyncio.run(load(base, datas, 8, 200))  # warm-up
+        print("gateway (embedded backend, one uvicorn process), one image per request:")
+        for concurrency in (int(c) for c in args.concurrency.split(",")):
+            rate, latencies = asyncio.run(load(base, datas, concurrency, args.requests))
+            p50, p99 = percentile(latencies, 50) * 1000, percentile(latencies, 99) * 1000
+            print(f"  concurrency {concurrency:3d}: {rate:7.1f} requests/s   p50 {p50:6.1f} ms   p99 {p99:6.1f} ms   "
+                  f"{rate / bare:.2f}x bare model.predict, {rate / batch_path:.2f}x the batch path")
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+    print(f"load average after: {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()
