@@ -151,6 +151,12 @@ def test_augment_train_predict(pipeline):
     assert len(checks) == 2 and all(c.passed for c in checks)
     rows = prediction_rows(backend)
     assert len(rows) == 9 and {r.source for r in rows} == {"original"}
+    with backend.engine().connect() as conn:  # the label-error candidates the gallery shows
+        disagree = conn.execute(sa.text("SELECT count(*) FROM predictions r JOIN products p ON p.id = r.id "
+                                        "WHERE r.article_type_label <> p.article_type")).scalar_one()
+    assert p["disagreements"] == disagree
+    assert ("data:image/png;base64," in p["disagreement_gallery"]) == (disagree > 0)
+    assert store.exists(layout.prediction_disagreements("all")) == (disagree > 0)
     assert all(0 <= r.article_type_confidence <= 1 for r in rows)
 
     run([predictions])  # a re-run replaces the partition's rows, never duplicates them
