@@ -34,6 +34,9 @@ def _signature_text(signature: dict) -> str:
 @dg.asset(
     deps=["fashion_classifier"],
     group_name="serving",
+    # Published as soon as a new model lands (fashion_automation), so the gateway and TF
+    # Serving pick it up without anyone clicking.
+    automation_condition=dg.AutomationCondition.eager(),
     kinds={"tensorflow", "s3"},
 )
 def serving_model(context: dg.AssetExecutionContext, store: ObjectStoreResource) -> dg.MaterializeResult:
