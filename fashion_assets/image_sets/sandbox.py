@@ -143,8 +143,8 @@ class SelectionGuard:
         grown = _current_rss_mb() - self.baseline_mb
         if grown > self.limits.max_memory_mb:
             raise SelectionTooLarge(
-                f"planning the set grew by {grown:,.0f} MB after {ids:,} ids, more than the limit of "
-                f"{self.limits.max_memory_mb:,.0f} MB ({MAX_MEMORY_ENV}); narrow the query, or raise the limit")
+                f"planning the set grew by {grown:,.1f} MB after {ids:,} ids, more than the limit of "
+                f"{self.limits.max_memory_mb:,g} MB ({MAX_MEMORY_ENV}); narrow the query, or raise the limit")
 
 
 def as_id(value: object) -> int:
