@@ -20,7 +20,7 @@ from . import layout
 from .core import database
 from .image_sets.assets import image_queries
 from .image_sets.export import purge_image_set
-from .image_sets.registry import QueryNotFound, QueryRegistry, QueryUnreadable, check_name
+from .image_sets.registry import QueryNotFound, QueryRegistry, QueryUnreadable, check_name, not_utf8
 from .image_sets.sandbox import SandboxLimits, SqlRejected, SqlSandbox, SqlTimeout, check_sql_size
 from .labelling.cli import add_commands as add_labelling_commands
 from .resources import ConfigurationError, resources_from_env
@@ -65,7 +65,7 @@ def read_sql_file(path: str, max_bytes: int) -> str:
     except SqlRejected as exc:
         raise CliError(f"--file {path}: {exc}") from None
     except UnicodeDecodeError as exc:
-        raise CliError(f"--file {path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start:,})") from None
+        raise CliError(f"--file {path}: {not_utf8(data, exc)}") from None
 
 
 def cmd_query_add(args: argparse.Namespace) -> int:
@@ -80,7 +80,8 @@ def cmd_query_add(args: argparse.Namespace) -> int:
         if not instance.has_dynamic_partition(image_queries.name, name):
             instance.add_dynamic_partitions(image_queries.name, [name])
     print(f"Query {name!r} registered (columns: {', '.join(columns)}).")
-    print(f"Materialise it: dagster asset materialize -m fashion_assets.definitions --select image_set --partition {name}")
+    print("Materialise it: dagster asset materialize -m fashion_assets.definitions --select image_set "
+          f"--partition {name}")
     return 0
 
 

@@ -137,7 +137,8 @@ def test_query_add_refuses_a_bad_file_in_one_line(tmp_path):
     """The CLI as a process: a query nested too deeply, a file that is not UTF-8, one over the
     size limit and one that is not there each give one line naming the problem, exit 2, and no
     traceback."""
-    env = {"FASHION_CATALOG_URL": f"sqlite:///{tmp_path / 'catalog.sqlite'}", "FASHION_STORE_URL": str(tmp_path / "store")}
+    env = {"FASHION_CATALOG_URL": f"sqlite:///{tmp_path / 'catalog.sqlite'}",
+           "FASHION_STORE_URL": str(tmp_path / "store")}
     deep = tmp_path / "deep.sql"
     deep.write_text(DEEP)
     latin1 = tmp_path / "latin1.sql"
@@ -161,7 +162,8 @@ def test_query_add_refuses_a_bad_file_in_one_line(tmp_path):
 
 HUGE = ["SELECT 9e999 AS id", "SELECT 1e20 AS id", "SELECT 99999999999999999999 AS id"]
 # As each database returns them: SQLite as floats, PostgreSQL as numerics.
-HUGE_SHOWN = {"embedded": ["inf", "1e+20", "1e+20"], "postgres_s3": ["9e+999", "100000000000000000000", "99999999999999999999"]}
+HUGE_SHOWN = {"embedded": ["inf", "1e+20", "1e+20"],
+              "postgres_s3": ["9e+999", "100000000000000000000", "99999999999999999999"]}
 
 
 def test_huge_ids_are_refused_naming_the_range(backend):
@@ -366,7 +368,8 @@ def test_a_catalog_path_with_hash_question_mark_percent_and_spaces_stays_read_on
     with engine.begin() as conn:
         conn.execute(products_table.insert(), [{"id": i} for i in (3, 1, 2)])
     sandbox = SqlSandbox(engine, timeout_s=10)
-    assert [row for _, rows in sandbox.stream("SELECT id FROM products ORDER BY id") for row in rows] == [(1,), (2,), (3,)]
+    streamed = [row for _, rows in sandbox.stream("SELECT id FROM products ORDER BY id") for row in rows]
+    assert streamed == [(1,), (2,), (3,)]
     # Nothing was created beside the catalog (the cut path used to create "my " in tmp_path).
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
         "my #1 catalog? 100% sure", "my #1 catalog? 100% sure/catalog.sqlite"]
@@ -430,7 +433,8 @@ def test_id_in_capitals_is_the_id_column(backend):
     sandbox = SqlSandbox(engine)
     sqlite = backend.name == "embedded"
     # SQLite returns the alias as written; PostgreSQL folds an unquoted one to lower case.
-    assert sandbox.columns("SELECT id AS ID, gender FROM products") == (["ID", "gender"] if sqlite else ["id", "gender"])
+    columns = sandbox.columns("SELECT id AS ID, gender FROM products")
+    assert columns == (["ID", "gender"] if sqlite else ["id", "gender"])
     assert plan(backend, engine, "SELECT id AS ID FROM products WHERE id < 4").selected == 3
     quoted = 'SELECT id AS "ID" FROM products WHERE id < 4'
     if sqlite:  # SQLite's names ignore case, quoted or not

@@ -36,6 +36,8 @@ HOSTILE = {
     "for_update": "SELECT id FROM products FOR UPDATE",
     "set_config": "SELECT set_config('default_transaction_read_only', 'off', false) AS id",
     "unparseable": "SELEC id FROM products",
+    "unterminated_string": "SELECT id FROM products WHERE gender = 'Men",
+    "nested_too_deeply": "SELECT id FROM products WHERE " + "(" * 60 + "id > 0" + ")" * 60,
     "empty": "  ;  ",
 }
 
@@ -74,6 +76,10 @@ def test_rejections_say_why():
         validate_sql(HOSTILE["unparseable"], "postgres")
     with pytest.raises(SqlRejected, match="SELECT INTO"):
         validate_sql(HOSTILE["select_into"], "postgres")
+    with pytest.raises(SqlRejected, match="does not parse: Error tokenizing"):
+        validate_sql(HOSTILE["unterminated_string"], "sqlite")
+    with pytest.raises(SqlRejected, match="nested too deeply to check"):
+        validate_sql(HOSTILE["nested_too_deeply"], "postgres")
 
 
 def _catalog(backend, tmp_path):

@@ -1,4 +1,5 @@
-"""The catalog database: engines, URL masking (of every secret a URL can hold), the schema, and the one way tables are written.
+"""The catalog database: engines, URL masking (of every secret a URL can hold), the schema, and
+the one way tables are written.
 
 SQLAlchemy Core, one code path for SQLite (the embedded default) and PostgreSQL. Each table is
 defined by the stage that owns it (``catalog.tables``, ``predictions.table``) on the one
@@ -35,7 +36,8 @@ def is_secret_parameter(name: str) -> bool:
 
 
 def _masked_query(pairs: Iterable[tuple[str, str]]) -> str:
-    return "&".join(f"{quote(k, safe='')}={MASK if is_secret_parameter(k) else quote(v, safe='')}" for k, v in pairs)
+    return "&".join(f"{quote(k, safe='')}={MASK if is_secret_parameter(k) else quote(v, safe='/:,@')}"
+                    for k, v in pairs)
 
 
 def masked(url: str | sa.URL) -> str:

@@ -8,8 +8,8 @@ longer selected are removed. "Already there" is judged from state, not from the 
 manifest recorded the image with the catalog's MD5 and a size, and the listing shows the
 object with that size (and that MD5 where the store knows it cheaply: ``holds_recorded``).
 Order matters so that a failed run never leaves a manifest that lies: copy first (adds and
-overwrites only), then write the new manifest, then remove what is no longer selected. If a run dies while copying, the previous manifest still describes objects
-that are all there.
+overwrites only), then write the new manifest, then remove what is no longer selected. If a
+run dies while copying, the previous manifest still describes objects that are all there.
 
 The work comes in three parts so that a large set spreads over many steps (``core.shards``):
 ``plan_export`` runs the query and writes shards of work, ``export_shard`` puts one shard's

@@ -29,6 +29,10 @@ class QueryUnreadable(SqlRejected):
         self.key, self.reason = key, reason
 
 
+def not_utf8(data: bytes, exc: UnicodeDecodeError) -> str:
+    return f"not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start:,})"
+
+
 class QueryRegistry:
     def __init__(self, store: ObjectStore, max_sql_bytes: int | None = None):
         """``max_sql_bytes``: default :meth:`SandboxLimits.from_env`."""
@@ -51,7 +55,7 @@ class QueryRegistry:
         except SqlRejected as exc:
             raise QueryUnreadable(key, str(exc)) from None
         except UnicodeDecodeError as exc:
-            raise QueryUnreadable(key, f"not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start:,})") from None
+            raise QueryUnreadable(key, not_utf8(data, exc)) from None
 
     def remove(self, name: str) -> None:
         self.store.delete(layout.query(name))
