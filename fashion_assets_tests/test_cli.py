@@ -43,7 +43,8 @@ def test_the_dg_cli_loads_lists_and_launches_the_same_code_location(tmp_path):
 
     listed = json.loads(run([*dg, "list", "defs", "--json", *target], env, tmp_path).stdout)
     assert [a["asset_key"] for a in listed["assets"]] == [
-        "augmented_set", "fashion_classifier", "image_set", "predictions", "product_images", "products"]
+        "augmented_set", "fashion_classifier", "image_set", "labels", "predictions", "product_images", "products",
+        "serving_model"]
     assert sorted(s["name"] for s in listed["sensors"]) == ["fashion_automation", "image_query_sensor"]
     assert "image_set:image_set_matches_manifest" in [c["key"] for c in listed["asset_checks"]]
 
@@ -111,6 +112,6 @@ def test_query_commands_and_partition_materialisation(backend, tmp_path):
     assert store.exists("image-sets/jeans/manifest.parquet")
 
     removed = run([cli, "query", "remove", "jeans", "--purge"], env, tmp_path).stdout
-    assert "4 objects under image-sets/jeans/ deleted" in removed  # 3 images and the manifest
+    assert "5 objects under image-sets/jeans/ deleted" in removed  # 3 images, the manifest, the contact sheet
     assert list(store.list("image-sets/jeans/")) == [] and not store.exists("queries/jeans.sql")
     assert "jeans" not in run([cli, "query", "list"], env, tmp_path).stdout
