@@ -1,6 +1,9 @@
 """The UI a user sees, driven in Debian's Chromium (Playwright, no browser download): the asset
 graph, image_set's partitions, a partition materialised from the launch dialog and its run
-succeeding, then predictions' metadata (the Markdown tables render as tables).
+succeeding, then predictions' metadata (the Markdown tables render as tables), and the three
+pictures people look at: image_set's contact sheet, predictions' gallery of disagreements with the
+catalog, fashion_classifier's confusion matrix (each rendered: loaded, natural size > 0, the size
+of the PNG in the store; an element screenshot of each is kept as picture-*.png).
 
 Runs against the session's shared `dagster dev` (dagster_dev.py) with its own query partition.
 Every step saves a screenshot under the test's tmp_path; a failing step saves one named
@@ -10,6 +13,7 @@ Every step saves a screenshot under the test's tmp_path; a failing step saves on
 from __future__ import annotations
 
 import contextlib
+import io
 import re
 import shutil
 import time
@@ -18,15 +22,19 @@ from typing import Callable, Iterator
 
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
+from PIL import Image
 
+from fashion_assets import layout
 from fashion_assets.image_sets.registry import QueryRegistry
 
 from .dagster_dev import graphql
 
-# Footwear: products 2, 6 and 10; 10's image is truncated, so the set holds 2 images.
-QUERY_NAME = "browser-footwear"
-QUERY_SQL = "SELECT id FROM products WHERE master_category = 'Footwear'"
-IDS_WITH_IMAGES = {"2", "6"}
+# Every product: 1..12; 10, 11 and 12 have broken images, so the set holds 9 images of four
+# article types, which a one-epoch model cannot tell apart: some predictions disagree with the
+# catalog, so the disagreement gallery has pictures.
+QUERY_NAME = "browser-all"
+QUERY_SQL = "SELECT id FROM products"
+IDS_WITH_IMAGES = {str(i) for i in range(1, 10)}
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync"]
 RUN_TIMEOUT_S = 300  # one run on a busy 2-core machine, with slack
@@ -124,6 +132,34 @@ def open_asset_from_graph(page: Page, url: str, group: str, asset: str) -> None:
     expect(page).to_have_url(re.compile(rf"/assets/{asset}\b"))
 
 
+def check_picture(page: Page, key: str, alt: str, png: bytes, path: Path) -> None:
+    """Metadata entry ``key`` holds a picture (Markdown; one this large is behind its *Show
+    Markdown* link, in a dialog): the <img> has loaded a non-empty image of the size of the PNG in
+    the store. Its screenshot is kept at ``path``."""
+    row = metadata_row(page, key)
+    expect(row).to_be_visible()
+    dialog = None
+    if row.get_by_text("[Show Markdown]").count():
+        row.get_by_text("[Show Markdown]").click()
+        dialog = page.get_by_role("dialog").filter(has_text=key)
+    image = (dialog if dialog is not None else row).get_by_role("img", name=alt)
+    expect(image).to_be_visible()
+    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image.element_handle())
+    natural = image.evaluate("img => [img.naturalWidth, img.naturalHeight, img.src.length]")
+    with Image.open(io.BytesIO(png)) as stored:
+        assert natural[:2] == list(stored.size), (natural, stored.size)
+    assert natural[2] > len("data:image/png;base64,") + 100
+    image.screenshot(path=path)
+    if dialog is not None:
+        page.keyboard.press("Escape")
+        expect(dialog).to_be_hidden()
+
+
+def metadata_row(page: Page, key: str):
+    """The rendered value of one metadata entry: its row in the metadata table."""
+    return page.get_by_role("row").filter(has=page.get_by_role("cell", name=key, exact=True))
+
+
 def test_materialise_a_partition_from_the_ui_and_read_its_predictions(dagster_dev, browser_page, tmp_path):
     url, backend, log = dagster_dev
     page = browser_page
@@ -183,8 +219,7 @@ def test_materialise_a_partition_from_the_ui_and_read_its_predictions(dagster_de
 
     with steps.step("predictions metadata"):
         def metadata(key: str):
-            """The rendered value of one metadata entry: its row in the metadata table."""
-            return page.get_by_role("row").filter(has=page.get_by_role("cell", name=key, exact=True))
+            return metadata_row(page, key)
 
         preview = metadata("preview").get_by_role("table")
         expect(preview.get_by_role("columnheader", name="article_type_label")).to_be_visible()
@@ -200,6 +235,25 @@ def test_materialise_a_partition_from_the_ui_and_read_its_predictions(dagster_de
         page.get_by_role("cell", name="labels_master_category", exact=True).scroll_into_view_if_needed()
 
     page.screenshot(path=tmp_path / "screenshots" / "final.png", full_page=True)
+    store = backend.store()
+    pictures = tmp_path / "screenshots"
+
+    with steps.step("predictions disagreement gallery"):
+        check_picture(page, "disagreement_gallery", "disagreements",
+                      store.get_bytes(layout.prediction_disagreements(QUERY_NAME)), pictures / "picture-disagreements.png")
+
+    with steps.step("image_set contact sheet"):
+        page.goto(f"{url}/assets/image_set?view=partitions")
+        page.get_by_text(QUERY_NAME, exact=True).first.click()
+        expect(page.get_by_text("Materialized", exact=True)).to_be_visible()
+        check_picture(page, "contact_sheet", "contact sheet",
+                      store.get_bytes(layout.set_contact_sheet(QUERY_NAME)), pictures / "picture-contact-sheet.png")
+
+    with steps.step("fashion_classifier confusion matrix"):
+        page.goto(f"{url}/assets/fashion_classifier?view=events")
+        version = store.get_bytes(layout.MODEL_LATEST).decode()
+        check_picture(page, "confusion_article_type", "confusion",
+                      store.get_bytes(layout.model_confusion(version)), pictures / "picture-confusion.png")
 
     # Leave the shared server quiet (predictions' checks run after its materialisation), and
     # make sure nothing this partition ran failed behind the UI's back.

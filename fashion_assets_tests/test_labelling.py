@@ -1,15 +1,14 @@
 """Labelling: an image set exported for Label Studio (pre-annotations from table ``predictions``),
-COCO and CSV; Label Studio's JSON export imported into table ``labels``; the classifier trains on
-people's labels; the pictures (the set's contact sheet, the disagreement gallery, the confusion
-matrix's captions). On both backends, with the real database and store; the command line as a
-real process. The round trip through a running Label Studio is in test_labelling_studio.py.
+COCO and CSV; Label Studio's JSON export imported into table ``labels``. On both backends, with
+the real database and store; the command line as a real process. Beside it:
+test_labelling_studio.py (the round trip through a running Label Studio),
+test_labelling_pictures.py, test_labelling_training.py (the classifier learns from people's labels).
 """
 
 from __future__ import annotations
 
 import csv
 import datetime as dt
-import io
 import json
 import os
 import subprocess
@@ -21,17 +20,14 @@ from pathlib import Path
 import dagster as dg
 import pytest
 import sqlalchemy as sa
-from PIL import Image, ImageFont
 
 from fashion_assets import layout
 from fashion_assets.catalog.assets import product_images, products
-from fashion_assets.classifier.evaluate import AXES_CAPTION, confusion_png, missing_glyphs
 from fashion_assets.classifier.labels import HEADS
 from fashion_assets.image_sets.assets import image_queries, image_set
 from fashion_assets.image_sets.registry import QueryRegistry
 from fashion_assets.labelling.export import export_set
 from fashion_assets.labelling.importer import import_labels
-from fashion_assets.labelling.pictures import disagreement_gallery
 from fashion_assets.labelling.table import human_labels, labels
 from fashion_assets.predictions.table import predictions as predictions_table
 
@@ -87,15 +83,6 @@ def image_set_all(backend, tmp_path):
     assert result.success
     return backend, dataset, meta(result, "image_set")
 
-
-def test_image_set_shows_a_contact_sheet(image_set_all):
-    backend, _, metadata = image_set_all
-    store = backend.store()
-    png = store.get_bytes(layout.set_contact_sheet("all"))
-    assert f"![contact sheet](data:image/png;base64," in metadata["contact_sheet"]
-    assert metadata["contact_sheet"].startswith("9 of 9 images")
-    with Image.open(io.BytesIO(png)) as sheet:  # one row of 9 thumbnails of 96 px, captioned
-        assert sheet.size == (9 * 100 + 4, 96 + 4 + 14 + 4)
 
 
 def test_label_studio_export(image_set_all, tmp_path):
@@ -252,37 +239,6 @@ def test_import_keeps_the_newest_answer_and_lists_unknowns(backend, tmp_path):
     assert len(human_labels(engine)) == 3  # nothing of the bad files went in
 
 
-def test_disagreement_gallery_most_confident_first(image_set_all):
-    backend, _, _ = image_set_all
-    store, engine = backend.store(), backend.engine()
-    write_predictions(engine, "all", SET_IDS)
-    keys = {(i, 0): layout.set_image("all", i) for i in SET_IDS}
-    found, gallery = disagreement_gallery(store, engine, "all", keys, limit=5)
-    # Every image is called a T-shirt; 4 and 8 are T-shirts. Most confident (highest id) first.
-    assert [(d.id, d.catalog, d.predicted, d.confidence) for d in found] == [
-        (i, catalog_labels(i)["article_type"], "Tshirts", i / 10) for i in (9, 7, 6, 5, 3, 2, 1)]
-    assert (gallery.shown, gallery.total) == (5, 7)
-    with Image.open(io.BytesIO(store.get_bytes(layout.prediction_disagreements("all")))) as png:
-        assert png.size == (5 * 120 + 4, 112 + 6 + 36 + 4)
-
-    with engine.begin() as conn:  # the model now agrees everywhere: no gallery, the old one removed
-        for i in SET_IDS:
-            conn.execute(predictions_table.update().where(predictions_table.c.id == i)
-                         .values(article_type_label=catalog_labels(i)["article_type"]))
-    assert disagreement_gallery(store, engine, "all", keys) == ([], None)
-    assert not store.exists(layout.prediction_disagreements("all"))
-
-
-def test_confusion_matrix_captions_have_every_glyph():
-    """Pillow's built-in font has no arrows: the old caption ('true ↓ predicted →') showed boxes."""
-    font = ImageFont.load_default()
-    assert missing_glyphs("true \u2193  predicted \u2192", font) == ["\u2192", "\u2193"]
-    assert missing_glyphs(AXES_CAPTION, font) == []
-    import numpy as np
-
-    png = confusion_png(np.array([0, 1, 1]), np.array([0, 1, 0]), ["T\u00e9e", "Jeans"])  # é: not in the font
-    with Image.open(io.BytesIO(png)) as image:
-        assert image.size == (150 + 2 * 26 + 10,) * 2
 
 
 def cli(args: list[str], env: dict) -> subprocess.CompletedProcess:
@@ -328,36 +284,3 @@ def test_the_command_line(tmp_path):
         event = instance.get_latest_materialization_event(dg.AssetKey("labels"))
         recorded = {k: v.value for k, v in event.asset_materialization.metadata.items()}
     assert (recorded["labels_article_type"], recorded["unknown_ids"], recorded["imported_written"]) == (1, 1, 1)
-
-
-def test_the_classifier_trains_on_peoples_labels_where_there_are_any(tmp_path):
-    from fashion_assets.classifier.assets import fashion_classifier
-    from fashion_assets.classifier.build import catalog_rows, prefer_human_labels
-
-    from .conftest import embedded_backend
-
-    backend = embedded_backend(tmp_path)
-    resources = backend.resources(make_dataset(tmp_path / "ds"))
-    assert dg.materialize([products, product_images], resources=resources, run_config=QUIET).success
-    engine = backend.engine()
-    export = tmp_path / "export.json"
-    export.write_text(json.dumps(studio_export([
-        (1, 2, [annotation({"article_type": "Jeans", "sub_category": "Bottomwear"}, "2026-11-02T10:00:00Z")]),
-        (2, 6, [annotation({"article_type": "Jeans"}, "2026-11-02T10:00:00Z")])])))
-    import_labels(engine, export)
-
-    rows = {r["id"]: r for r in prefer_human_labels(catalog_rows(engine), engine).rows}
-    assert [rows[i]["article_type"] for i in SET_IDS] == [
-        "Jeans", "Jeans", "Watches", "Tshirts", "Jeans", "Jeans", "Watches", "Tshirts", "Jeans"]
-    assert rows[2]["sub_category"] == "Bottomwear" and rows[6]["sub_category"] == "Shoes"
-
-    config = {"epochs": 1, "image_size": 32, "batch_size": 4, "min_examples": 1, "validation_fraction": 0.3}
-    trained = dg.materialize([fashion_classifier], resources=resources,
-                             run_config={**QUIET, "ops": {"fashion_classifier": {"config": config}}})
-    metadata = meta(trained, "fashion_classifier")
-    assert {k: v for k, v in metadata.items() if k.startswith("labels_from_")} == {
-        "labels_from_people_master_category": 0, "labels_from_catalog_master_category": 9,
-        "labels_from_people_sub_category": 1, "labels_from_catalog_sub_category": 8,
-        "labels_from_people_article_type": 2, "labels_from_catalog_article_type": 7}
-    document = json.loads(backend.store().get_bytes(layout.model_labels(metadata["version"])))
-    assert document["label_sources"]["article_type"] == {"human": 2, "catalog": 7}

@@ -83,8 +83,10 @@ def gallery_png(tiles: list[tuple[list[str], bytes]], columns: int = GALLERY_COL
         x, y = 4 + (n % columns) * cell_w, 4 + (n // columns) * cell_h
         with Image.open(io.BytesIO(data)) as img:
             tile = to_rgb(img)
-            tile.thumbnail((thumb, thumb))
-            sheet.paste(tile, (x + (thumb - tile.width) // 2, y))
+            scale = thumb / max(tile.size)  # up or down: catalog photos are often 60x80
+            tile = tile.resize((max(1, round(tile.width * scale)), max(1, round(tile.height * scale))),
+                               Image.Resampling.LANCZOS)
+            sheet.paste(tile, (x + (thumb - tile.width) // 2, y + (thumb - tile.height) // 2))
         for i, text in enumerate(captions):
             draw.text((x, y + thumb + 2 + 12 * i), drawable(text[:20]), fill="black" if i else "dimgray")
     buffer = io.BytesIO()

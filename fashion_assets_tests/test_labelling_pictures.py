@@ -1,0 +1,58 @@
+"""The pictures where people look: image_set's contact sheet, the gallery of images whose predicted
+article type disagrees with the catalog (most confident first), the confusion matrix's captions."""
+
+from __future__ import annotations
+
+import io
+
+from PIL import Image, ImageFont
+
+from fashion_assets import layout
+from fashion_assets.classifier.evaluate import AXES_CAPTION, confusion_png, missing_glyphs
+from fashion_assets.labelling.pictures import disagreement_gallery
+from fashion_assets.predictions.table import predictions as predictions_table
+
+from .test_labelling import SET_IDS, catalog_labels, image_set_all, write_predictions  # noqa: F401  (fixture)
+
+
+def test_image_set_shows_a_contact_sheet(image_set_all):
+    backend, _, metadata = image_set_all
+    store = backend.store()
+    png = store.get_bytes(layout.set_contact_sheet("all"))
+    assert f"![contact sheet](data:image/png;base64," in metadata["contact_sheet"]
+    assert metadata["contact_sheet"].startswith("9 of 9 images")
+    with Image.open(io.BytesIO(png)) as sheet:  # one row of 9 thumbnails of 96 px, captioned
+        assert sheet.size == (9 * 100 + 4, 96 + 4 + 14 + 4)
+
+
+def test_disagreement_gallery_most_confident_first(image_set_all):
+    backend, _, _ = image_set_all
+    store, engine = backend.store(), backend.engine()
+    write_predictions(engine, "all", SET_IDS)
+    keys = {(i, 0): layout.set_image("all", i) for i in SET_IDS}
+    found, gallery = disagreement_gallery(store, engine, "all", keys, limit=5)
+    # Every image is called a T-shirt; 4 and 8 are T-shirts. Most confident (highest id) first.
+    assert [(d.id, d.catalog, d.predicted, d.confidence) for d in found] == [
+        (i, catalog_labels(i)["article_type"], "Tshirts", i / 10) for i in (9, 7, 6, 5, 3, 2, 1)]
+    assert (gallery.shown, gallery.total) == (5, 7)
+    with Image.open(io.BytesIO(store.get_bytes(layout.prediction_disagreements("all")))) as png:
+        assert png.size == (5 * 120 + 4, 112 + 6 + 36 + 4)
+
+    with engine.begin() as conn:  # the model now agrees everywhere: no gallery, the old one removed
+        for i in SET_IDS:
+            conn.execute(predictions_table.update().where(predictions_table.c.id == i)
+                         .values(article_type_label=catalog_labels(i)["article_type"]))
+    assert disagreement_gallery(store, engine, "all", keys) == ([], None)
+    assert not store.exists(layout.prediction_disagreements("all"))
+
+
+def test_confusion_matrix_captions_have_every_glyph():
+    """Pillow's built-in font has no arrows: the old caption ('true ↓ predicted →') showed boxes."""
+    font = ImageFont.load_default()
+    assert missing_glyphs("true \u2193  predicted \u2192", font) == ["\u2192", "\u2193"]
+    assert missing_glyphs(AXES_CAPTION, font) == []
+    import numpy as np
+
+    png = confusion_png(np.array([0, 1, 1]), np.array([0, 1, 0]), ["T\u00e9e", "Jeans"])  # é: not in the font
+    with Image.open(io.BytesIO(png)) as image:
+        assert image.size == (150 + 2 * 26 + 10,) * 2
