@@ -36,7 +36,7 @@ def test_disagreement_gallery_most_confident_first(image_set_all):
         (i, catalog_labels(i)["article_type"], "Tshirts", i / 10) for i in (9, 7, 6, 5, 3, 2, 1)]
     assert (gallery.shown, gallery.total) == (5, 7)
     with Image.open(io.BytesIO(store.get_bytes(layout.prediction_disagreements("all")))) as png:
-        assert png.size == (5 * 120 + 4, 112 + 6 + 36 + 4)
+        assert png.size == (5 * 140 + 4, 112 + 6 + 36 + 4)
 
     with engine.begin() as conn:  # the model now agrees everywhere: no gallery, the old one removed
         for i in SET_IDS:

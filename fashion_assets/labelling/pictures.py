@@ -75,7 +75,7 @@ def disagreements(engine: sa.Engine, name: str) -> list[Disagreement]:
 def gallery_png(tiles: list[tuple[list[str], bytes]], columns: int = GALLERY_COLUMNS, thumb: int = 112) -> bytes:
     """A grid of thumbnails, each with a few caption lines under it."""
     lines = max((len(c) for c, _ in tiles), default=0)
-    cell_w, cell_h = thumb + 8, thumb + 6 + 12 * lines
+    cell_w, cell_h = thumb + 28, thumb + 6 + 12 * lines  # wider than the thumbnail: ~24 characters of caption
     rows = (len(tiles) + columns - 1) // columns
     sheet = Image.new("RGB", (min(columns, len(tiles)) * cell_w + 4, rows * cell_h + 4), "white")
     draw = ImageDraw.Draw(sheet)
@@ -88,7 +88,7 @@ def gallery_png(tiles: list[tuple[list[str], bytes]], columns: int = GALLERY_COL
                                Image.Resampling.LANCZOS)
             sheet.paste(tile, (x + (thumb - tile.width) // 2, y + (thumb - tile.height) // 2))
         for i, text in enumerate(captions):
-            draw.text((x, y + thumb + 2 + 12 * i), drawable(text[:20]), fill="black" if i else "dimgray")
+            draw.text((x, y + thumb + 2 + 12 * i), drawable(text[:24]), fill="black" if i else "dimgray")
     buffer = io.BytesIO()
     sheet.save(buffer, "PNG", optimize=True)
     return buffer.getvalue()
