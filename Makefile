@@ -15,6 +15,8 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: install demo test dev postgres browser label-studio notebook clean
 
+# The venv, with TF Serving's gRPC messages (tensorflow-serving-api) installed without its
+# dependency on the full `tensorflow` package: we have tensorflow-cpu (setup.py, `serving` extra).
 $(STAMP): setup.py constraints.txt
 	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || { \
 	  echo "Installing Debian's python3-venv"; \
@@ -22,6 +24,7 @@ $(STAMP): setup.py constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,cpu]'
+	$(BIN)/python -m pip install -q --no-deps -c constraints.txt tensorflow-serving-api
 	touch $@
 
 install: $(STAMP)
@@ -48,7 +51,7 @@ browser:
 demo: install $(DAGSTER_HOME)/dagster.yaml
 	$(MATERIALIZE) --select 'products,product_images' 2>&1 | $(QUIET)
 	@for q in examples/queries/*.sql; do $(BIN)/fashion-assets query add $$(basename $$q .sql) --file $$q || exit 1; done
-	$(MATERIALIZE) --select fashion_classifier 2>&1 | $(QUIET)
+	$(MATERIALIZE) --select 'fashion_classifier,serving_model' 2>&1 | $(QUIET)
 	@for q in examples/queries/*.sql; do \
 	  $(MATERIALIZE) --select 'image_set,augmented_set,predictions' --partition $$(basename $$q .sql) 2>&1 \
 	    | $(QUIET) || exit 1; done

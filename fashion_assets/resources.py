@@ -29,6 +29,7 @@ from . import layout
 from .catalog import tables as _catalog_tables  # noqa: F401  (registers products, product_images)
 from .core import database, leases
 from .core.storage import EndpointUnreachable, LocalObjectStore, ObjectStore, S3ObjectStore, StoreError, parse_s3_url
+from .labelling import table as _labels_table  # noqa: F401  (registers labels)
 from .predictions import table as _predictions_table  # noqa: F401  (registers predictions)
 
 DATASET_DIR_ENV = "FASHION_DATASET_DIR"
@@ -116,7 +117,7 @@ class CatalogDatabase(dg.ConfigurableResource):
     ``query_url``, when set, is the read-only role users' SQL runs with (``image_sets.sandbox``);
     unset, queries use the writer's URL, still inside the sandbox's read-only transaction.
 
-    Every table (``catalog.tables``, ``predictions.table``, ``core.leases``) is created on first
+    Every table (``catalog.tables``, ``labelling.table``, ``predictions.table``, ``core.leases``) is created on first
     use; a database that cannot be reached fails the step at once, with the URL shown masked:
     the password, and any secret in the query string (``?password=...``), as ``***``
     (``database.masked``).

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
-from playwright.sync_api import Page, expect, sync_playwright
 from PIL import Image
+from playwright.sync_api import Page, expect, sync_playwright
 
 from fashion_assets import layout
 from fashion_assets.image_sets.registry import QueryRegistry

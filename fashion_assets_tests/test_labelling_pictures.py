@@ -19,7 +19,7 @@ def test_image_set_shows_a_contact_sheet(image_set_all):
     backend, _, metadata = image_set_all
     store = backend.store()
     png = store.get_bytes(layout.set_contact_sheet("all"))
-    assert f"![contact sheet](data:image/png;base64," in metadata["contact_sheet"]
+    assert "![contact sheet](data:image/png;base64," in metadata["contact_sheet"]
     assert metadata["contact_sheet"].startswith("9 of 9 images")
     with Image.open(io.BytesIO(png)) as sheet:  # one row of 9 thumbnails of 96 px, captioned
         assert sheet.size == (9 * 100 + 4, 96 + 4 + 14 + 4)

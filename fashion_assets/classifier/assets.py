@@ -9,8 +9,8 @@ import dagster as dg
 from ..catalog.assets import product_images, products
 from ..core.placement import GPU_POOL, gpu_op_tags
 from ..core.reporting import markdown_table
-from ..resources import CatalogDatabase, ObjectStoreResource, S3StoreResource
 from ..labelling.assets import labels
+from ..resources import CatalogDatabase, ObjectStoreResource, S3StoreResource
 from .build import BuildSettings, NotEnoughImages, build_version, catalog_rows, prefer_human_labels, set_rows
 from .evaluate import per_class_rows
 from .labels import HEADS

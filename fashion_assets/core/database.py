@@ -9,8 +9,8 @@ Plain module: no Dagster.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
 import re
+from collections.abc import Iterable, Iterator
 from itertools import islice
 from urllib.parse import parse_qsl, quote, quote_plus, urlsplit, urlunsplit
 

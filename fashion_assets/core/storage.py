@@ -247,6 +247,12 @@ class S3ObjectStore(ObjectStore):
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._key(key.rstrip('/'))}" + ("/" if key.endswith("/") else "")
 
+    def presigned_url(self, key: str, expires_s: int) -> str:
+        """A GET URL for one object that works without credentials for ``expires_s`` seconds
+        (handing images to a labelling tool)."""
+        return self.client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": self._key(key)}, ExpiresIn=int(expires_s))
+
     def check(self) -> None:
         from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError, NoCredentialsError
         from botocore.exceptions import ConnectionError as BotoConnectionError

@@ -56,7 +56,9 @@ def labels_metadata(engine: sa.Engine, imported: ImportResult | None = None) -> 
 
 
 @dg.asset(group_name="labelling", kinds={"sql"})
-def labels(context: dg.AssetExecutionContext, config: LabelsConfig, catalog_db: CatalogDatabase) -> dg.MaterializeResult:
+def labels(
+    context: dg.AssetExecutionContext, config: LabelsConfig, catalog_db: CatalogDatabase
+) -> dg.MaterializeResult:
     """Human labels per product and head (table ``labels``: id, head, label, annotator, task_id,
     created_at), imported from Label Studio; the newest answer per product and head wins."""
     imported = None

@@ -112,12 +112,6 @@ def load_set(store: ObjectStore, engine: sa.Engine, name: str) -> SetForLabellin
     return SetForLabelling(name, items, versions[-1] if versions else None, classes)
 
 
-def presigned_url(store: S3ObjectStore, key: str, expires_s: int) -> str:
-    """A GET URL for one object that works without credentials for ``expires_s`` seconds."""
-    return store.client.generate_presigned_url(
-        "get_object", Params={"Bucket": store.bucket, "Key": store.prefix + key}, ExpiresIn=int(expires_s))
-
-
 def local_files_url(store: ObjectStore, key: str, document_root: str | os.PathLike) -> str:
     """Label Studio's URL for a file under its ``LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT``."""
     path = Path(store.uri(key)).resolve()
@@ -131,7 +125,7 @@ def local_files_url(store: ObjectStore, key: str, document_root: str | os.PathLi
 
 def label_studio_url(store: ObjectStore, key: str, expires_s: int, document_root: str | os.PathLike | None) -> str:
     if isinstance(store, S3ObjectStore):
-        return presigned_url(store, key, expires_s)
+        return store.presigned_url(key, expires_s)
     return local_files_url(store, key, document_root if document_root is not None else store.url)
 
 

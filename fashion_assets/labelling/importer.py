@@ -51,7 +51,7 @@ class ImportResult:
             text += (f"; {len(self.unknown_ids):,} unknown product ids skipped "
                      f"({', '.join(map(str, self.unknown_ids[:LIST_LIMIT]))})")
         if self.unknown_classes:
-            text += f"; unknown classes skipped: " + ", ".join(
+            text += "; unknown classes skipped: " + ", ".join(
                 f"{k} ({n})" for k, n in list(self.unknown_classes.items())[:LIST_LIMIT])
         return text
 

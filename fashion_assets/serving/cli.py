@@ -74,7 +74,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     serve = commands.add_parser("serve", help="the online prediction gateway (HTTP)")
     serve.add_argument("--host", default=_env("FASHION_SERVE_HOST", "127.0.0.1"))
     serve.add_argument("--port", type=int, default=int(_env("FASHION_SERVE_PORT", "8080")))
-    serve.add_argument("--backend", choices=["embedded", "tfserving"], default=_env("FASHION_SERVE_BACKEND", "embedded"),
+    serve.add_argument("--backend", choices=["embedded", "tfserving"],
+                       default=_env("FASHION_SERVE_BACKEND", "embedded"),
                        help="embedded: the published model in this process (default); tfserving: TF Serving over gRPC")
     serve.add_argument("--tfserving", default=_env("FASHION_TFSERVING_ADDRESS", "127.0.0.1:8500"),
                        help="TF Serving's gRPC address, host:port (default 127.0.0.1:8500)")
