@@ -18,8 +18,6 @@ import argparse
 import asyncio
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,16 +30,9 @@ from fashion_assets.classifier.images import batches, load_array
 from fashion_assets.classifier.network import build_classifier
 from fashion_assets.core.storage import LocalObjectStore
 from fashion_assets.serving import publish
+from fashion_assets_tests.servers import gateway_process
 
 VERSION = "20250101T000000Z"
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def model_and_labels(args):
@@ -121,23 +112,8 @@ def main():
     print(f"  bare model.predict, preloaded tensor, batch 64      {bare:8.1f} images/s")
     print(f"  batch path: decode+resize (tf.data) + predict, 64   {batch_path:8.1f} images/s")
 
-    port = free_port()
     env = {**os.environ, "FASHION_STORE_URL": str(work / "store"), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    log = open(work / "gateway.log", "wb")
-    process = subprocess.Popen([sys.executable, "-m", "fashion_assets.cli", "serve", "--port", str(port)],
-                               env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if httpx.get(base + "/healthz", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"gateway did not start; see {work / 'gateway.log'}")
-            time.sleep(0.3)
+    with gateway_process(env, work / "gateway.log", cwd=REPO) as base:
         asyncio.run(load(base, datas, 8, 200))  # warm-up
         print("gateway (embedded backend, one uvicorn process), one image per request:")
         for concurrency in (int(c) for c in args.concurrency.split(",")):
@@ -145,9 +121,6 @@ def main():
             p50, p99 = percentile(latencies, 50) * 1000, percentile(latencies, 99) * 1000
             print(f"  concurrency {concurrency:3d}: {rate:7.1f} requests/s   p50 {p50:6.1f} ms   p99 {p99:6.1f} ms   "
                   f"{rate / bare:.2f}x bare model.predict, {rate / batch_path:.2f}x the batch path")
-    finally:
-        process.terminate()
-        process.wait(timeout=20)
     print(f"load average after: {os.getloadavg()}")
 
 

@@ -1,4 +1,5 @@
-"""Real servers for the test session: a throwaway PostgreSQL cluster and a moto S3 server.
+"""Real servers for the test session: a throwaway PostgreSQL cluster and a moto S3 server (and
+the gateway, ``gateway_process``, which the serving tests and ``bench/serve.py`` start).
 
 Both listen on loopback only, on free ports, and are stopped when the session ends; no test
 depends on a server someone started by hand.
@@ -6,6 +7,7 @@ depends on a server someone started by hand.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
@@ -134,3 +136,34 @@ def stop_moto(server: S3Server) -> None:
         server.process.wait(timeout=10)
     except subprocess.TimeoutExpired:
         server.process.kill()
+
+
+@contextlib.contextmanager
+def gateway_process(env: dict, log_path: Path, *args: str, cwd: Path | None = None, timeout_s: float = 180):
+    """``fashion-assets serve`` as a real process on a free loopback port, until ``/healthz`` is 200:
+    yields its base URL; stopped on exit (the tests and ``bench/serve.py``)."""
+    import httpx
+
+    port = free_port()
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "fashion_assets.cli", "serve", "--port", str(port), *args],
+                                   env=env, stdout=log, stderr=subprocess.STDOUT, cwd=cwd)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                if httpx.get(base + "/healthz", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the gateway did not become healthy:\n{Path(log_path).read_text()[-3000:]}")
+            time.sleep(0.3)
+        yield base
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()

@@ -11,8 +11,6 @@ import contextlib
 import http.server
 import json
 import os
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -34,7 +32,7 @@ from fashion_assets.serving.assets import serving_model, serving_signature
 
 from .catalog_files import decompression_bomb, image_bytes, truncated_jpeg
 from .conftest import embedded_backend
-from .servers import free_port
+from .servers import gateway_process
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "examples" / "sample-catalog"
@@ -92,33 +90,10 @@ def pipeline(tmp_path_factory):
 @contextlib.contextmanager
 def gateway(backend, dataset, *args: str, env: dict | None = None):
     """``fashion-assets serve`` as a real process on a free loopback port, until /healthz is 200."""
-    port = free_port()
-    log_path = Path(backend.store_url).parent / f"gateway-{port}.log"
+    log_path = Path(backend.store_url).parent / f"gateway-{time.monotonic_ns()}.log"
     full_env = {**os.environ, **backend.env(dataset), "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "fashion_assets.cli", "serve", "--port", str(port), *args],
-            env=full_env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if httpx.get(base + "/healthz", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"gateway did not become healthy:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.3)
+    with gateway_process(full_env, log_path, *args, cwd=ROOT) as base:
         yield base, log_path
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 @pytest.fixture(scope="module")
