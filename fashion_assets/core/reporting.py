@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def _cell(value: object, width: int) -> str:
@@ -35,3 +38,18 @@ def csv_bytes(columns: Sequence[str], rows: Iterable[Sequence[object]]) -> bytes
     writer.writerow(columns)
     writer.writerows(rows)
     return buffer.getvalue().encode("utf-8")
+
+
+def drawn(warn: Callable[[str], None], what: str, draw: Callable[..., T], *args,
+          **kwargs) -> tuple[T | None, str | None]:
+    """``(draw(*args, **kwargs), None)``, or ``(None, a line for the metadata)`` when drawing fails.
+
+    A picture is called for after a step's data is committed (a set's contact sheet, the
+    predictions' gallery): an image that cannot be read at that moment must not fail a step
+    whose work is done and recorded. The failure is a warning in the run's log instead.
+    """
+    try:
+        return draw(*args, **kwargs), None
+    except Exception as exc:  # noqa: BLE001 - any failure: the data is already committed
+        warn(f"the {what} could not be drawn: {type(exc).__name__}: {exc}")
+        return None, f"_the {what} could not be drawn: {type(exc).__name__} (see the run's log)_"

@@ -13,7 +13,7 @@ from pydantic import Field
 from .. import layout
 from ..core.placement import partition_lease, plan_prefix, same_config_for, shard_outputs, step_figures
 from ..core.progress import Progress
-from ..core.reporting import markdown_table
+from ..core.reporting import drawn, markdown_table
 from ..core.shards import Shard, remove_leftovers
 from ..core.storage import md5_hex
 from ..labelling.pictures import set_contact_sheet
@@ -99,7 +99,8 @@ def write_image_manifest(context: dg.OpExecutionContext, config: ImageSetConfig,
     context.log.info(f"{plan.exported:,} images in the set: {copied:,} copied, {unchanged:,} unchanged, "
                      f"{result.removed:,} removed, {plan.missing:,} selected ids without an image")
     seconds = plan.seconds + sum(s.seconds for s in result.shards)
-    sheet = set_contact_sheet(store_, plan.name, workers=config.workers or store.max_concurrency)
+    sheet, sheet_error = drawn(context.log.warning, "contact sheet", set_contact_sheet, store_, plan.name,
+                               workers=config.workers or store.max_concurrency)
     preview_columns = ["id", "article_type", "base_colour", "gender", "product_display_name", "key"]
     return dg.Output(None, metadata={
         "sql": dg.MetadataValue.md(f"```sql\n{plan.sql.strip()}\n```"),
@@ -128,7 +129,7 @@ def write_image_manifest(context: dg.OpExecutionContext, config: ImageSetConfig,
         "contact_sheet": dg.MetadataValue.md(
             f"{sheet.shown:,} of {sheet.total:,} images (lowest ids first), captioned with their product id."
             f"\n\n![contact sheet](data:image/png;base64,{base64.b64encode(sheet.png).decode()})\n\n"
-            f"Stored at `{sheet.uri}`" if sheet else "_an empty set: no images_"),
+            f"Stored at `{sheet.uri}`" if sheet else sheet_error or "_an empty set: no images_"),
     })
 
 

@@ -94,18 +94,17 @@ def gallery_png(tiles: list[tuple[list[str], bytes]], columns: int = GALLERY_COL
     return buffer.getvalue()
 
 
-def disagreement_gallery(store: ObjectStore, engine: sa.Engine, name: str, keys: dict[tuple[int, int], str],
-                         limit: int = GALLERY_LIMIT, workers: int = 8) -> tuple[list[Disagreement], Sheet | None]:
-    """Every disagreement, and a gallery of the ``limit`` most confident (thumbnail, id,
+def disagreement_gallery(store: ObjectStore, found: list[Disagreement], name: str, keys: dict[tuple[int, int], str],
+                         limit: int = GALLERY_LIMIT, workers: int = 8) -> Sheet | None:
+    """A gallery of the ``limit`` most confident of ``found`` (``disagreements``: thumbnail, id,
     catalog label, predicted label, confidence) stored at ``layout.prediction_disagreements``.
     ``keys``: (id, variant) -> the image that was predicted. No disagreement: no gallery (and a
     stale one removed)."""
-    found = disagreements(engine, name)
     key = layout.prediction_disagreements(name)
     if not found:
         if store.exists(key):
             store.delete(key)
-        return found, None
+        return None
     shown = [d for d in found if (d.id, d.variant) in keys][:limit]
 
     def tile(d: Disagreement) -> tuple[list[str], bytes]:
@@ -116,4 +115,4 @@ def disagreement_gallery(store: ObjectStore, engine: sa.Engine, name: str, keys:
     fetched = dict(bounded_map(lambda n: (n, tile(shown[n])), range(len(shown)), workers))  # any order
     png = gallery_png([fetched[n] for n in range(len(shown))])
     store.put_bytes(key, png, "image/png")
-    return found, Sheet(png, len(shown), len(found), store.uri(key))
+    return Sheet(png, len(shown), len(found), store.uri(key))

@@ -22,10 +22,10 @@ from ..core.placement import (
     step_figures,
 )
 from ..core.progress import Progress
-from ..core.reporting import markdown_table
+from ..core.reporting import drawn, markdown_table
 from ..core.shards import Shard, remove_leftovers
 from ..image_sets.assets import image_queries
-from ..labelling.pictures import disagreement_gallery
+from ..labelling.pictures import disagreement_gallery, disagreements
 from ..resources import CatalogDatabase, ObjectStoreResource
 from .build import (
     PredictPlan,
@@ -92,8 +92,9 @@ def write_predictions(context: dg.OpExecutionContext, config: PredictionsConfig,
     seconds = sum(s.seconds for s in result.shards)
     preview_columns = ["id", "variant", *[f"{h}_label" for h in HEADS], "article_type_confidence"]
     keys = {(r["id"], r["variant"]): r["key"] for r in input_table(store_, plan.name, plan.source).to_pylist()}
-    found, gallery = disagreement_gallery(store_, catalog_db.engine, plan.name, keys,
-                                          workers=store.max_concurrency)
+    found = disagreements(catalog_db.engine, plan.name)
+    gallery, gallery_error = drawn(context.log.warning, "disagreement gallery", disagreement_gallery, store_, found,
+                                   plan.name, keys, workers=store.max_concurrency)
     context.log.info(f"{len(found):,} images whose predicted article type is not the catalog's")
     return dg.Output(None, metadata={
         "dagster/row_count": result.rows,
@@ -116,7 +117,8 @@ def write_predictions(context: dg.OpExecutionContext, config: PredictionsConfig,
             f"Images whose predicted article type is not the catalog's, most confident first: label-error "
             f"candidates ({gallery.shown:,} of {gallery.total:,} shown). Each: id and confidence, the catalog's "
             f"label, the model's.\n\n![disagreements](data:image/png;base64,{base64.b64encode(gallery.png).decode()})"
-            f"\n\nStored at `{gallery.uri}`" if gallery else "_none: the model agrees with the catalog on every image_"),
+            f"\n\nStored at `{gallery.uri}`" if gallery
+            else gallery_error or "_none: the model agrees with the catalog on every image_"),
         "disagreement_list": dg.MetadataValue.md(markdown_table(
             ["id", "variant", "catalog article_type", "predicted", "confidence"],
             [(d.id, d.variant, d.catalog, d.predicted, round(d.confidence, 3)) for d in found], limit=20)),
