@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable, Iterator
 import numpy as np
 
 from ..classifier.artifacts import LoadedModel
+from ..classifier.calibration import automatic, calibrated
 from ..classifier.images import batches
 from ..classifier.labels import HEADS
 
@@ -19,15 +20,18 @@ def predict_rows(
     batch_size: int = 128,
     on_batch: Callable[[int], None] = lambda n: None,
 ) -> Iterator[tuple[int, dict]]:
-    """``(tag, image bytes)`` -> ``(tag, {head_label, head_confidence, head_top5})`` per image."""
+    """``(tag, image bytes)`` -> ``(tag, {head_label, head_confidence, head_top5, head_auto})`` per
+    image; confidences are calibrated (``classifier.calibration``), and ``head_auto`` says whether
+    the tag clears the model's auto-tag threshold."""
     classes = {h: np.asarray(model.classes(h), dtype=object) for h in HEADS}
     for tags, images in batches(items, model.image_size, batch_size):
-        probs = model.predict(images)
+        probs = calibrated(model.predict(images), model.labels)
         columns = {}
         for head in HEADS:  # whole-batch numpy work: per-row Python here would cap the rate
             names, top_p = top_classes(probs[head], classes[head])
             columns[f"{head}_label"] = names[:, 0]
             columns[f"{head}_confidence"] = top_p[:, 0]
+            columns[f"{head}_auto"] = automatic(top_p[:, 0], model.labels, head).tolist()
             columns[f"{head}_top5"] = [
                 json.dumps(list(zip(row_names, row_p, strict=True)))
                 for row_names, row_p in zip(names.tolist(), top_p.tolist(), strict=True)

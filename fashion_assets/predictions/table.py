@@ -26,6 +26,9 @@ predictions = sa.Table(
             sa.Column(f"{head}_label", sa.Text, nullable=False),
             sa.Column(f"{head}_confidence", sa.Float, nullable=False),
             sa.Column(f"{head}_top5", sa.Text, nullable=False),  # JSON [[label, probability], ...]
+            # The tag may be applied without a person: calibrated confidence >= the model's
+            # threshold (classifier.calibration). Null in rows written before it existed.
+            sa.Column(f"{head}_auto", sa.Boolean),
         )
     ],
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
@@ -35,7 +38,7 @@ predictions = sa.Table(
 PARQUET_SCHEMA = pa.schema([
     ("image_set", pa.string()), ("source", pa.string()), ("id", pa.int64()), ("variant", pa.int32()),
     ("model_version", pa.string()),
-    *[(f"{head}_{part}", pa.float64() if part == "confidence" else pa.string())
-      for head in HEADS for part in ("label", "confidence", "top5")],
+    *[(f"{head}_{part}", {"confidence": pa.float64(), "auto": pa.bool_()}.get(part, pa.string()))
+      for head in HEADS for part in ("label", "confidence", "top5", "auto")],
     ("created_at", pa.timestamp("us", tz="UTC")),
 ])
