@@ -18,6 +18,8 @@ folder, or ``s3://bucket/prefix``)::
     image-sets/<name>/disagreements.png                  predictions' label-error candidates
     models/fashion_classifier/<version>/{model.keras,labels.json,saved_model/,confusion_article_type.png}
     models/fashion_classifier/LATEST                     the newest version
+    models/inputs/<size>px/shard-<bucket>-<digest>.u8    classifier_inputs: decoded photos, uint8
+    models/inputs/<size>px/index.parquet                 classifier_inputs: id, md5, shard (written last)
     serving/fashion_classifier/<n>/                      serving_model: the SavedModel for TF Serving
                                                          (<n>: an integer, as TF Serving wants)
     serving/fashion_classifier/<n>/assets.extra/labels.json   its classes per head, image size, signature
@@ -177,6 +179,32 @@ def model_saved_model(version: str) -> str:
 
 def model_confusion(version: str) -> str:
     return model_version(version) + "confusion_article_type.png"
+
+
+def model_precision_coverage(version: str) -> str:
+    return model_version(version) + "precision_coverage.png"
+
+
+MODEL_INPUTS = "models/inputs/"
+
+
+def model_inputs(image_size: int) -> str:
+    """The classifier's input cache at one size: ``models/inputs/<size>px/``."""
+    if not isinstance(image_size, int) or not 8 <= image_size <= 1024:
+        raise ValueError(f"invalid input size {image_size!r}: expected 8..1024 pixels")
+    return f"{MODEL_INPUTS}{image_size}px/"
+
+
+def model_inputs_index(image_size: int) -> str:
+    return model_inputs(image_size) + "index.parquet"
+
+
+def model_inputs_shard(image_size: int, bucket: int, digest: str) -> str:
+    """One shard: the photos of product ids ``[bucket * width, (bucket + 1) * width)``; named by
+    its content, so a rewrite never changes a file a reader may hold."""
+    if not re.fullmatch(r"[0-9a-f]{8,32}", digest):
+        raise ValueError(f"invalid shard digest {digest!r}")
+    return f"{model_inputs(image_size)}shard-{bucket:08d}-{digest}.u8"
 
 
 # --- serving (TensorFlow Serving's layout) ------------------------------------------------------

@@ -7,11 +7,13 @@ from typing import Literal
 import dagster as dg
 
 from ..catalog.assets import product_images, products
-from ..core.placement import GPU_POOL, gpu_op_tags
+from .. import layout
+from ..core.placement import GPU_POOL, gpu_op_tags, partition_lease
 from ..core.reporting import markdown_table
 from ..labelling.assets import labels
 from ..resources import CatalogDatabase, ObjectStoreResource, S3StoreResource
 from .build import BuildSettings, NotEnoughImages, build_version, catalog_rows, prefer_human_labels, set_rows
+from .cache import DEFAULT_IDS_PER_SHARD, build_cache, catalog_photos
 from .evaluate import per_class_rows
 from .labels import HEADS
 
@@ -39,6 +41,9 @@ class ClassifierConfig(dg.Config):
     """With image_set: also train on its newest augmented set."""
     model_uri: str | None = None
     """Import this model (.keras file or SavedModel folder; local path or s3://) instead of training."""
+    autotag_precision: float = BuildSettings.autotag_precision
+    """Per head, tags are automatic (applied without a person) above the lowest calibrated
+    confidence at which the validation precision reaches this."""
     accuracy_floor: float = 0.5
     """The asset check fails when a head's validation accuracy is below this."""
     human_labels: bool = True
@@ -46,9 +51,52 @@ class ClassifierConfig(dg.Config):
     are any, the catalog's elsewhere; false: the catalog's only."""
 
 
+class InputsConfig(dg.Config):
+    image_size: int = 64
+    """The size photos are decoded to: the recipe's input size (default preset 64, quality 96)."""
+    ids_per_shard: int = DEFAULT_IDS_PER_SHARD
+    """Product ids per shard: a re-run rewrites the shards whose photos changed."""
+
+
 @dg.asset(
     group_name="model",
-    deps=[products, product_images, labels],
+    deps=[product_images],
+    kinds={"tensorflow"},
+    automation_condition=dg.AutomationCondition.eager(),
+)
+def classifier_inputs(context: dg.AssetExecutionContext, config: InputsConfig, catalog_db: CatalogDatabase,
+                      store: ObjectStoreResource) -> dg.MaterializeResult:
+    """Every catalog photo decoded and resized once to the recipe's input size, in shards of raw
+    uint8 pixels (``models/inputs/<size>px/``), so ``fashion_classifier``'s epochs read compact
+    shards instead of decoding JPEGs. Incremental: a re-run decodes only new or changed photos
+    (by MD5) and rewrites only the shards that hold them."""
+    store_ = store.get_store()
+    photos = catalog_photos(catalog_db.engine)
+    with partition_lease(context, catalog_db, "classifier_inputs", release=True, partition=f"{config.image_size}px"):
+        stats = build_cache(store_, photos, config.image_size, config.ids_per_shard, store.max_concurrency,
+                            log=context.log.info)
+    context.log.info(f"classifier_inputs {config.image_size}px: {stats.images:,} photos in {stats.shards} shards, "
+                     f"{stats.encoded:,} decoded, {stats.copied:,} copied, {stats.shards_written} shard(s) written, "
+                     f"{stats.seconds:.1f}s")
+    return dg.MaterializeResult(metadata={
+        "image_size": stats.image_size,
+        "dagster/row_count": stats.images,
+        "images_decoded": stats.encoded,
+        "images_copied": stats.copied,
+        "images_removed": stats.removed,
+        "shards": stats.shards,
+        "shards_written": stats.shards_written,
+        "shards_deleted": stats.shards_deleted,
+        "bytes": dg.MetadataValue.int(stats.bytes),
+        "seconds": dg.MetadataValue.float(round(stats.seconds, 2)),
+        "decode_rate_images_per_s": dg.MetadataValue.float(round(stats.rate, 1)),
+        "index": store_.uri(layout.model_inputs_index(config.image_size)),
+    })
+
+
+@dg.asset(
+    group_name="model",
+    deps=[products, product_images, labels, classifier_inputs],
     kinds={"tensorflow", "keras"},
     op_tags=gpu_op_tags(),
     pool=GPU_POOL,
@@ -90,6 +138,9 @@ def fashion_classifier(
             **{f"{h}_top5": dg.MetadataValue.float(round(metrics[h]["top5"], 4)) for h in HEADS},
             **{f"unseen_{h}_accuracy": dg.MetadataValue.float(round(result.unseen_metrics[h]["accuracy"], 4))
                for h in HEADS if result.unseen_metrics},
+            **trust_metadata(result),
+            "input_source": result.input_source,
+            "validation_ids_md5": result.validation_ids_md5,
             "validation_images": result.validation_images,
             "unseen_images": result.unseen_images,
             "figures": dg.MetadataValue.md(
@@ -126,3 +177,25 @@ def fashion_classifier(
             metadata={"lowest_head_accuracy": round(result.lowest_accuracy, 4), "floor": config.accuracy_floor},
         )],
     )
+
+
+def trust_metadata(result) -> dict:
+    """Calibration and auto-tagging, per head: temperature, threshold, and on each part the
+    expected calibration error before/after and the precision and coverage of automatic tags."""
+    out: dict = {"calibration": dg.MetadataValue.json(result.calibration or {})}
+    rows = []
+    for head in HEADS:
+        for part, f in result.trust.get(head, {}).items():
+            rows.append((head, part, f["images"], f["ece_before"], f["ece_after"],
+                         "-" if f["precision"] is None else f["precision"], f["coverage"]))
+            if part == "unseen_range":
+                out[f"unseen_{head}_auto_coverage"] = dg.MetadataValue.float(f["coverage"])
+                if f["precision"] is not None:
+                    out[f"unseen_{head}_auto_precision"] = dg.MetadataValue.float(f["precision"])
+                out[f"unseen_{head}_ece_after"] = dg.MetadataValue.float(f["ece_after"])
+    out["trust"] = dg.MetadataValue.md(markdown_table(
+        ["head", "part", "images", "ECE before", "ECE after", "auto precision", "auto coverage"], rows))
+    if result.precision_coverage_png:
+        out["precision_coverage"] = dg.MetadataValue.md(
+            f"![precision and coverage](data:image/png;base64,{base64.b64encode(result.precision_coverage_png).decode()})")
+    return out

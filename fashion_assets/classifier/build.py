@@ -39,6 +39,9 @@ class BuildSettings:
     unseen_fraction: float = 0.1  # the newest product ids, held out of training for the harsher figure
     seed: int = 20261123
     model_uri: str | None = None  # import this model instead of training
+    # Per head, the auto-tag threshold is the lowest calibrated confidence at which the
+    # validation precision reaches this (classifier.calibration).
+    autotag_precision: float = 0.97
 
 
 @dataclass
@@ -84,6 +87,12 @@ class BuildResult:
     epochs_run: int = 0
     training_seconds: float = 0.0
     history: dict[str, list[float]] = field(default_factory=dict)
+    calibration: dict[str, dict] | None = None  # labels.json's "calibration"; None: never automatic
+    # head -> {"validation"/"unseen_range": {"ece_before", "ece_after", "precision", "coverage"}}
+    trust: dict[str, dict[str, dict]] = field(default_factory=dict)
+    precision_coverage_png: bytes = b""
+    input_source: str = ""  # where the training images were read from
+    validation_ids_md5: str = ""
 
     @property
     def lowest_accuracy(self) -> float:
@@ -94,7 +103,8 @@ def catalog_rows(engine: sa.Engine) -> TrainingRows:
     """Every catalog image with a product, in id order."""
     group = sa.func.coalesce(product_images.c.near_duplicate_group, product_images.c.id).label("group")
     query = (
-        sa.select(product_images.c.id, product_images.c.key, *[products.c[h] for h in HEADS], group)
+        sa.select(product_images.c.id, product_images.c.key, product_images.c.md5, *[products.c[h] for h in HEADS],
+                  group)
         .select_from(product_images.join(products, products.c.id == product_images.c.id))
         .order_by(product_images.c.id)
     )
@@ -167,6 +177,67 @@ def set_rows(store: ObjectStore, name: str, use_augmented: bool = False,
     return TrainingRows(rows, source)
 
 
+def training_images(store: ObjectStore, rows: list[dict], image_size: int, io_workers: int,
+                    log: Callable[[str], None]):
+    """The rows' images and where they come from: the input cache (``classifier_inputs``) when
+    it holds every row's photo as it is now, else streamed from the store and decoded as needed
+    (an image set's augmented copies, a size the cache was not built at, a stale cache). Either
+    way memory does not grow with the catalog."""
+    from .cache import CacheMiss, CachedImages
+    from .data import StoreImages
+
+    if rows and all(r.get("md5") and r["variant"] == 0 for r in rows):
+        try:
+            images = CachedImages(store, image_size, [r["id"] for r in rows], [r["md5"] for r in rows])
+            log(f"Reading the images from the input cache at {image_size}px "
+                f"({store.uri(layout.model_inputs(image_size))})")
+            return images, f"classifier_inputs {image_size}px"
+        except CacheMiss as exc:
+            log(f"Decoding the JPEGs instead of reading the input cache: {exc}")
+    return StoreImages(store.get_bytes, [r["key"] for r in rows], image_size, io_workers), "store JPEGs"
+
+
+def trust_figures(calibration: dict | None, parts: dict[str, tuple[dict, dict]]) -> dict[str, dict[str, dict]]:
+    """Per head and part (validation, unseen range): the expected calibration error before and
+    after the temperature, and the precision and coverage of the automatic tags."""
+    from .calibration import automatic, expected_calibration_error
+
+    labels = {"calibration": calibration} if calibration else {}
+    out: dict[str, dict[str, dict]] = {h: {} for h in HEADS}
+    for part, (probs, truth) in parts.items():
+        for head in HEADS:
+            keep = truth[head] >= 0
+            raw, y = probs[head][keep], truth[head][keep]
+            calibrated = _calibrated(raw, labels, head)
+            auto = automatic(calibrated.max(1), labels, head)
+            right = calibrated.argmax(1) == y
+            out[head][part] = {
+                "images": int(len(y)),
+                "ece_before": round(expected_calibration_error(raw, y), 4),
+                "ece_after": round(expected_calibration_error(calibrated, y), 4),
+                "precision": round(float(right[auto].mean()), 4) if auto.any() else None,
+                "coverage": round(float(auto.mean()), 4) if len(y) else 0.0,
+            }
+    return out
+
+
+def _calibrated(p: np.ndarray, labels: dict, head: str) -> np.ndarray:
+    from .calibration import calibrated
+
+    return calibrated({head: p}, labels)[head]
+
+
+def describe_trust(calibration: dict | None, trust: dict, head: str) -> str:
+    entry = (calibration or {}).get(head) or {}
+    parts = [f"temperature {entry.get('temperature', 1.0):.3f}",
+             "never automatic" if entry.get("threshold") is None else f"auto-tag threshold {entry['threshold']:.4f}"]
+    for part, f in trust[head].items():
+        precision = "-" if f["precision"] is None else f"{f['precision']:.4f}"
+        parts.append(f"{part}: ECE {f['ece_before']:.4f} -> {f['ece_after']:.4f}, auto precision {precision} "
+                     f"on {f['coverage']:.1%}")
+    return "; ".join(parts)
+
+
 def use_gpu_if_any(log: Callable[[str], None]) -> None:
     import keras
     import tensorflow as tf
@@ -195,8 +266,9 @@ def build_version(
     images only, never on augmented copies.
     """
     from . import artifacts
-    from .data import StoreImages, predict_in_order
-    from .evaluate import confusion_png, head_metrics
+    from .calibration import fit_head
+    from .data import predict_in_order
+    from .evaluate import confusion_png, head_metrics, precision_coverage_png
     from .train import hold_out_newest, recipe, split_by_group, train_classifier
 
     rows = training.rows
@@ -230,8 +302,7 @@ def build_version(
             vocabularies = build_vocabularies([rows[i] for i in kept], settings.min_examples)
         classes = {h: list(vocabularies[h].classes) for h in HEADS}
 
-        # Streamed from the store, decoded as needed: memory does not grow with the catalog.
-        images = StoreImages(store.get_bytes, [r["key"] for r in rows], image_size, io_workers)
+        images, input_source = training_images(store, rows, image_size, io_workers, log)
         targets = encode_targets(rows, vocabularies)
 
         if not settings.model_uri:
@@ -244,9 +315,12 @@ def build_version(
         evaluate_on = val_index[original[val_index]] if len(val_index) else kept[original[kept]]
         probs = predict_in_order(images, evaluate_on, predict, HEADS)
         truth = {h: targets[h][evaluate_on] for h in HEADS}
+        # Which products the validation figure is of, as one hash: two models with the same one
+        # were measured on the same products (the split depends on groups and seed only).
+        validation_ids_md5 = md5_hex(",".join(str(i) for i in sorted(ids[i] for i in evaluate_on)).encode())
         metrics = head_metrics(probs, truth)
         unseen_on = unseen[original[unseen]]
-        unseen_metrics = None
+        unseen_metrics, unseen_probs = None, None
         if len(unseen_on):
             unseen_probs = predict_in_order(images, unseen_on, predict, HEADS)
             unseen_metrics = head_metrics(unseen_probs, {h: targets[h][unseen_on] for h in HEADS})
@@ -254,11 +328,21 @@ def build_version(
             unseen_text = f", unseen range {unseen_metrics[head]['accuracy']:.4f}" if unseen_metrics else ""
             log(f"{head}: validation accuracy {metrics[head]['accuracy']:.4f} (top-5 {metrics[head]['top5']:.4f})"
                 f"{unseen_text}")
+        if settings.model_uri:  # an imported model keeps its own calibration, if it has one
+            calibration = (loaded.labels.get("calibration") or None)
+        else:  # fitted on the validation groups, never on what the figures below are measured on
+            calibration = {h: fit_head(probs[h], truth[h], settings.autotag_precision).to_json() for h in HEADS}
+        unseen_truth = {h: targets[h][unseen_on] for h in HEADS} if len(unseen_on) else None
+        trust = trust_figures(calibration, {"validation": (probs, truth),
+                                            **({"unseen_range": (unseen_probs, unseen_truth)} if unseen_truth else {})})
+        for head in HEADS:
+            log(f"{head}: {describe_trust(calibration, trust, head)}")
 
         version = artifacts.new_version()
         labels = artifacts.labels_document_from_classes(classes, image_size, {
             "version": version,
             "validation_metrics": metrics,
+            "validation_ids_md5": validation_ids_md5,
             "validation": f"{len(evaluate_on)} images of {settings.validation_fraction:.0%} of the groups of "
                           "near-duplicates, never trained on",
             "unseen_range_metrics": unseen_metrics,
@@ -268,6 +352,10 @@ def build_version(
             "trained_on_images": len(rows),
             "label_sources": training.label_sources or None,
             "imported_from": settings.model_uri,
+            "calibration": calibration,
+            "autotag": {"precision": settings.autotag_precision, "figures": trust,
+                        "rule": "automatic where softmax(log(p) / temperature)'s top-1 >= threshold"},
+            "input_source": input_source,
         })
         if model is not None:
             uris = artifacts.save_model(store, model, labels, version)
@@ -277,6 +365,10 @@ def build_version(
     predicted = {h: probs[h].argmax(1) for h in HEADS}
     confusion = confusion_png(predicted["article_type"], truth["article_type"], classes["article_type"])
     store.put_bytes(layout.model_confusion(version), confusion, "image/png")
+    curves_on = (unseen_probs, unseen_truth) if unseen_truth else (probs, truth)
+    coverage_png = precision_coverage_png(curves_on[0], curves_on[1], calibration, settings.autotag_precision,
+                                          "unseen range" if unseen_truth else "validation")
+    store.put_bytes(layout.model_precision_coverage(version), coverage_png, "image/png")
     return BuildResult(
         version=version, image_size=image_size, classes=classes, metrics=metrics, unseen_metrics=unseen_metrics,
         predicted=predicted, truth=truth, catalog_images=len(rows), validation_images=len(evaluate_on),
@@ -285,4 +377,6 @@ def build_version(
         parameters=model.count_params() if model is not None else 0,
         epochs_run=epochs_run, training_seconds=seconds,
         history={k: [float(v) for v in vs] for k, vs in history.items()},
+        calibration=calibration, trust=trust, precision_coverage_png=coverage_png, input_source=input_source,
+        validation_ids_md5=validation_ids_md5,
     )

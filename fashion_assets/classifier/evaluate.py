@@ -88,3 +88,61 @@ def confusion_png(pred: np.ndarray, target: np.ndarray, classes: list[str], top:
     buffer = io.BytesIO()
     img.save(buffer, "PNG", optimize=True)
     return buffer.getvalue()
+
+
+HEAD_COLOURS = {"master_category": (31, 119, 180), "sub_category": (44, 160, 44), "article_type": (214, 39, 40)}
+
+
+def precision_coverage_png(probs: dict[str, np.ndarray], truth: dict[str, np.ndarray], calibration: dict | None,
+                           target: float, part: str, width: int = 520, height: int = 360) -> bytes:
+    """Precision against coverage of tagging the most confident images first, one line per head
+    (calibrated confidences), with each head's auto-tag threshold marked and the asked precision
+    as a dashed line: how much of the catalog can be tagged without a person, at what precision."""
+    from .calibration import calibrated, head_calibration, precision_and_coverage, precision_curve
+
+    labels = {"calibration": calibration} if calibration else {}
+    left, top, right, bottom = 60, 40, 20, 50
+    img = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(img)
+    plot_w, plot_h = width - left - right, height - top - bottom
+    y_min = 0.5
+
+    def xy(coverage: float, precision: float) -> tuple[float, float]:
+        y = (max(precision, y_min) - y_min) / (1 - y_min)
+        return left + coverage * plot_w, top + (1 - y) * plot_h
+
+    draw.rectangle([left, top, left + plot_w, top + plot_h], outline=(160, 160, 160))
+    for tick in range(6):
+        x = left + tick * plot_w / 5
+        draw.text((x - 8, top + plot_h + 4), f"{tick * 20}%", fill="gray")
+        y = top + tick * plot_h / 5
+        draw.text((8, y - 6), f"{100 - tick * 10}%", fill="gray")
+    _, target_y = xy(0, target)
+    for x in range(left, left + plot_w, 8):
+        draw.line([x, target_y, x + 4, target_y], fill=(120, 120, 120))
+    draw.text((left + 4, target_y - 14), f"asked precision {target:.0%}", fill=(90, 90, 90))
+    for row, head in enumerate(HEADS):
+        keep = truth[head] >= 0
+        q = calibrated({head: probs[head][keep]}, labels)[head]
+        confidence, correct = q.max(1), q.argmax(1) == truth[head][keep]
+        _, precision, coverage = precision_curve(confidence, correct)
+        colour = HEAD_COLOURS[head]
+        if len(precision) > 1:
+            step = max(1, len(precision) // 400)
+            draw.line([xy(c, p) for c, p in zip(coverage[::step], precision[::step], strict=True)], fill=colour,
+                      width=2)
+        threshold = head_calibration(labels, head).threshold
+        at, covered = precision_and_coverage(confidence, correct, threshold)
+        label = head.replace("_", " ")
+        if at is not None:
+            x, y = xy(covered, at)
+            draw.ellipse([x - 4, y - 4, x + 4, y + 4], outline="black", fill=colour)
+            label += f": {at:.1%} precise on {covered:.0%}"
+        else:
+            label += ": never automatic"
+        draw.text((left + 8, top + plot_h - 16 * (len(HEADS) - row)), label, fill=colour)
+    draw.text((left, 8), f"precision vs coverage, {part} (dot: auto-tag threshold)", fill="black")
+    draw.text((left + plot_w // 2 - 60, height - 18), "coverage (share tagged)", fill="gray")
+    buffer = io.BytesIO()
+    img.save(buffer, "PNG", optimize=True)
+    return buffer.getvalue()

@@ -124,7 +124,7 @@ def same_config_for(config_class: type[dg.Config], *op_names: str) -> dg.ConfigM
 
 @contextmanager
 def partition_lease(context: dg.OpExecutionContext, catalog_db, asset: str,
-                    release: bool = False) -> Iterator[leases.Heartbeat]:
+                    release: bool = False, partition: str | None = None) -> Iterator[leases.Heartbeat]:
     """This run's lease on ``asset[partition]`` (``core.leases``) for the length of one step.
 
     Every step of a sharded asset takes it (``PartitionBusy`` names the run that holds it, and
@@ -132,7 +132,8 @@ def partition_lease(context: dg.OpExecutionContext, catalog_db, asset: str,
     once everything is written. Every step, not only the planner: a re-execution from failure is
     a new run that starts at the failed shard, and it takes the partition over from the failed
     run, which the instance reports finished. A holding run that died unnoticed (``kill -9``)
-    frees the partition after the TTL (``catalog_db.lease_ttl_s``)."""
+    frees the partition after the TTL (``catalog_db.lease_ttl_s``). An unpartitioned asset names
+    the ``partition`` it writes (e.g. one input size of ``classifier_inputs``)."""
     engine = catalog_db.engine
 
     def run_finished(run_id: str) -> bool:
@@ -140,7 +141,8 @@ def partition_lease(context: dg.OpExecutionContext, catalog_db, asset: str,
         return run is not None and run.is_finished
 
     try:
-        lease = leases.acquire(engine, asset, context.partition_key, context.run_id, catalog_db.lease_ttl_s,
+        lease = leases.acquire(engine, asset, partition or context.partition_key, context.run_id,
+                               catalog_db.lease_ttl_s,
                                run_finished)
     except leases.PartitionBusy as exc:
         raise dg.Failure(str(exc), allow_retries=False) from None
