@@ -27,13 +27,14 @@ STAGES = [catalog, image_sets, augmented_sets, classifier, predictions, serving,
 # their inputs' blocking checks pass), so once image_query_sensor's run lands, the daemon requests
 # the augmented set, then the predictions, for that partition (and new predictions for every set
 # when the model changes); image_set follows the catalog (re-materialised when products or
-# product_images change); serving_model publishes each new model for TF Serving and the gateway.
+# product_images change); classifier_inputs decodes the new or changed photos for the next training;
+# serving_model publishes each new model for TF Serving and the gateway.
 # Running by default, like the query sensor, so dropping a .sql file
 # into the store is all a user does.
 fashion_automation = dg.AutomationConditionSensorDefinition(
     "fashion_automation",
     target=dg.AssetSelection.assets(image_sets.image_set, augmented_sets.augmented_set, predictions.predictions,
-                                   serving.serving_model),
+                                   serving.serving_model, classifier.classifier_inputs),
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=30,
 )

@@ -117,3 +117,24 @@ def test_training_from_the_cache_splits_and_scores_as_from_the_jpegs(tmp_path):
     with backend.engine().connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM partition_leases WHERE asset = 'classifier_inputs'")
                             ).scalar() == 0  # released at the end of the run
+
+
+def test_the_cache_follows_the_catalog(tmp_path):
+    """Automation (fashion_automation targets it) requests classifier_inputs when product_images
+    lands, and nothing while the catalog has not changed."""
+    from .conftest import embedded_backend
+
+    resources = embedded_backend(tmp_path).resources(make_dataset(tmp_path / "ds"))
+    instance = dg.DagsterInstance.ephemeral()
+    defs = dg.Definitions(assets=[products, product_images, classifier_inputs], resources=resources)
+    selection = dg.AssetSelection.assets(classifier_inputs)
+    assert dg.materialize([products, product_images], resources=resources, instance=instance, run_config=QUIET).success
+    first = dg.evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=selection)
+    assert build(resources, instance).success
+    quiet = dg.evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=selection,
+                                              cursor=first.cursor)
+    assert quiet.total_requested == 0
+    assert dg.materialize([product_images], resources=resources, instance=instance, run_config=QUIET).success
+    after = dg.evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=selection,
+                                              cursor=quiet.cursor)
+    assert after.total_requested == 1
