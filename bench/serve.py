@@ -3,19 +3,25 @@ loopback) under concurrency 1, 8 and 32, next to bare batched `model.predict` on
 in the same run (by hand, not in CI).
 
     .venv/bin/python bench/serve.py [--images 1000] [--requests 600] [--model-dir data/store]
+                                    [--catalog-size 44445]
 
 Each request uploads one real catalog photo (multipart, field `image`) and waits for its top 5
-per head. The model is the newest trained one if --model-dir points at a store that has one;
-otherwise an untrained network of the production architecture (speed does not depend on the
-weights), published with serving_model's code. Baselines, same images, same process as the load
-generator: bare `model.predict` (Keras, batch 64) on the images preloaded as one uint8 tensor,
-and the batch path (`classifier.images.batches`: decode + resize in tf.data, then predict).
-Goals on 2 cores: p50 < 25 ms at concurrency 1; at 32, >= 0.5x the bare batched rate. The load
-generator shares the machine with the gateway: both figures include its cost.
+per head and its near-duplicates. The gateway's catalog is a SQLite database whose
+`product_images` holds the benchmark's photos (hashed by the ingest's own `inspect_image`) and,
+up to --catalog-size rows, random hashes: the near-duplicate index at the full catalog's size
+(44,445 products; a lookup's cost does not depend on the hashes' values). The model is the
+newest trained one if --model-dir points at a store that has one; otherwise an untrained network
+of the production architecture (speed does not depend on the weights), published with
+serving_model's code. Baselines, same images, same process as the load generator: bare
+`model.predict` (Keras, batch 64) on the images preloaded as one uint8 tensor, and the batch path
+(`classifier.images.batches`: decode + resize in tf.data, then predict). Goals on 2 cores: p50
+< 10 ms at concurrency 1 (near-duplicates included); at 32, >= 0.5x the bare batched rate. The
+load generator shares the machine with the gateway: both figures include its cost.
 """
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import statistics
 import tempfile
@@ -23,11 +29,16 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 from common import DEFAULT_DATASET, REPO
 
+from fashion_assets import layout
+from fashion_assets.catalog.images import inspect_image
+from fashion_assets.catalog.tables import product_images
 from fashion_assets.classifier import artifacts
 from fashion_assets.classifier.images import batches, load_array
 from fashion_assets.classifier.network import build_classifier
+from fashion_assets.core import database
 from fashion_assets.core.storage import LocalObjectStore
 from fashion_assets.serving import publish
 from fashion_assets_tests.servers import gateway_process
@@ -45,6 +56,23 @@ def model_and_labels(args):
     labels = artifacts.labels_document_from_classes({h: [f"{h}{i}" for i in range(n)] for h, n in classes.items()},
                                                     args.image_size)
     return model, labels
+
+
+def catalog_database(path: Path, photos: list[tuple[int, bytes]], size: int) -> str:
+    """A SQLite catalog for the gateway's near-duplicate index: ``photos`` as ingest describes
+    them, then random 256-bit hashes up to ``size`` rows. Returns its URL."""
+    url = f"sqlite:///{path}"
+    engine = database.create_engine(url)
+    database.ensure_schema(engine)
+    rows = [dataclasses.asdict(inspect_image(product_id, data)) for product_id, data in photos]
+    rng = np.random.default_rng(0)
+    filler = range(10_000_000, 10_000_000 + max(0, size - len(rows)))
+    rows += [{"id": i, "key": layout.catalog_image(i), "width": 224, "height": 224, "mode": "RGB", "format": "JPEG",
+              "bytes": 1, "md5": "0" * 32, "phash": rng.bytes(32).hex()} for i in filler]
+    with engine.begin() as conn:
+        conn.execute(product_images.insert(), rows)
+    engine.dispose()
+    return url
 
 
 BOUNDARY = "fashion-bench-boundary"
@@ -109,6 +137,8 @@ def main():
     parser.add_argument("--model-dir", help="a store folder with models/fashion_classifier/LATEST")
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--concurrency", default="1,8,32")
+    parser.add_argument("--catalog-size", type=int, default=44_445,
+                        help="rows of the gateway's product_images (the photos, then random hashes)")
     args = parser.parse_args()
 
     folder = Path(args.dataset) / "images"
@@ -140,9 +170,16 @@ def main():
     print(f"  bare model.predict, preloaded tensor, batch 64      {bare:8.1f} images/s")
     print(f"  batch path: decode+resize (tf.data) + predict, 64   {batch_path:8.1f} images/s")
 
-    env = {**os.environ, "FASHION_STORE_URL": str(work / "store"), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    photos = [(int(p.stem), d) for p, d in zip(paths, datas, strict=True)]
+    catalog_url = catalog_database(work / "catalog.sqlite", photos, args.catalog_size)
+    print(f"gateway catalog: {max(args.catalog_size, len(datas)):,} rows of product_images "
+          f"({len(datas):,} of them these photos)")
+    env = {**os.environ, "FASHION_STORE_URL": str(work / "store"), "FASHION_CATALOG_URL": catalog_url,
+           "TF_CPP_MIN_LOG_LEVEL": "2"}
     with gateway_process(env, work / "gateway.log", cwd=REPO) as base:
         asyncio.run(load(base, datas, 8, 200))  # warm-up
+        answer = httpx.post(base + "/v1/predict", files={"image": ("x.jpg", datas[0])}).json()
+        assert {"id": photos[0][0], "distance": 0} in answer["near_duplicates"], answer["near_duplicates"]
         print("gateway (embedded backend, one uvicorn process), one image per request:")
         for concurrency in (int(c) for c in args.concurrency.split(",")):
             rate, latencies = asyncio.run(load(base, datas, concurrency, args.requests))

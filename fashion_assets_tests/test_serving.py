@@ -1,6 +1,7 @@
 """Online prediction, for real: ``serving_model`` publishes a trained classifier, the gateway runs
 as a real ``fashion-assets serve`` process (uvicorn on loopback) and is called over HTTP; its
-answers are compared with a real ``predictions`` materialisation of the same images.
+answers (calibrated confidences, the auto flag) are compared with a real ``predictions``
+materialisation of the same images, and its near-duplicates with the catalog's own hashes.
 
 Why this module is long: one trained model and one materialised ``predictions`` table (the
 expensive part) serve every test here, and the hostile-input tests need the same gateway."""
@@ -9,29 +10,38 @@ from __future__ import annotations
 
 import contextlib
 import http.server
+import io
 import json
 import os
+import shutil
 import threading
 import time
 from pathlib import Path
 
 import dagster as dg
 import httpx
+import numpy as np
 import pytest
 import sqlalchemy as sa
+from PIL import Image
 
 from fashion_assets import layout
 from fashion_assets.catalog.assets import product_images, products
+from fashion_assets.catalog.duplicates import MAX_DISTANCE, perceptual_hash
+from fashion_assets.classifier.artifacts import latest_version, load_version, read_labels
 from fashion_assets.classifier.assets import fashion_classifier
+from fashion_assets.classifier.calibration import apply_temperature
+from fashion_assets.classifier.images import load_array
 from fashion_assets.classifier.labels import HEADS
 from fashion_assets.image_sets.assets import image_queries, image_set
 from fashion_assets.image_sets.registry import QueryRegistry
 from fashion_assets.predictions.assets import predictions
 from fashion_assets.serving import publish
 from fashion_assets.serving.assets import serving_model, serving_signature
+from fashion_assets.serving.backends import ModelInfo
 
 from .catalog_files import decompression_bomb, image_bytes, truncated_jpeg
-from .conftest import embedded_backend
+from .conftest import Backend, embedded_backend
 from .servers import gateway_process
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,6 +50,9 @@ TINY_MODEL = {"epochs": 1, "image_size": 32, "batch_size": 8, "min_examples": 1,
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 N_PRODUCTS = 40
 SECRET = "s3cr3t-signature-value"
+# Written into the trained model's labels.json by hand (the contract; fitting them is the
+# classifier's, tested there): T = 1.5 on article_type, whose threshold is null (never automatic).
+TEMPERATURES = {"master_category": 0.5, "sub_category": 2.0, "article_type": 1.5}
 
 
 def small_real_catalog(root: Path, n: int = N_PRODUCTS) -> Path:
@@ -57,6 +70,30 @@ def small_real_catalog(root: Path, n: int = N_PRODUCTS) -> Path:
             break
     (root / "styles.csv").write_text("\n".join(kept) + "\n", encoding="utf-8")
     return root
+
+
+def calibrate_by_hand(store, dataset: Path, workdir: Path) -> dict:
+    """Give the newest model a ``calibration`` in its labels.json: ``TEMPERATURES``, and for
+    master_category and sub_category a threshold in the widest gap among the middle half of the
+    calibrated top-1 confidences of the catalog's photos, so some tags are automatic and some
+    not, and no confidence lies within rounding of a threshold."""
+    version = latest_version(store)
+    model = load_version(store, version, workdir)
+    paths = sorted((dataset / "images").glob("*.jpg"))
+    probs = model.predict(load_array(enumerate(p.read_bytes() for p in paths), len(paths), model.image_size))
+    calibration = {}
+    for head, temperature in TEMPERATURES.items():
+        threshold = None
+        if head != "article_type":
+            top1 = np.sort(apply_temperature(probs[head], temperature).max(axis=1).astype(np.float64))
+            middle = top1[len(top1) // 4: 3 * len(top1) // 4 + 1]
+            widest = int(np.argmax(np.diff(middle)))
+            assert middle[widest + 1] - middle[widest] > 1e-4, (head, middle)
+            threshold = round(float(middle[widest] + middle[widest + 1]) / 2, 6)
+        calibration[head] = {"temperature": temperature, "threshold": threshold}
+    labels = read_labels(store, version)
+    store.put_bytes(layout.model_labels(version), json.dumps({**labels, "calibration": calibration}).encode())
+    return calibration
 
 
 def materialise(assets, resources, instance, partition=None, config=None, checks=()):
@@ -80,6 +117,7 @@ def pipeline(tmp_path_factory):
     instance.add_dynamic_partitions(image_queries.name, ["all"])
     materialise([image_set], resources, instance, partition="all")
     materialise([fashion_classifier], resources, instance, config={fashion_classifier: TINY_MODEL})
+    calibrate_by_hand(backend.store(), dataset, tmp / "calibration")
     materialise([predictions], resources, instance, partition="all")
     published = materialise([serving_model], resources, instance, checks=[serving_signature])
     with backend.engine().connect() as conn:
@@ -166,11 +204,15 @@ def expected(row: dict) -> dict:
 
 
 def assert_same_as_table(answer: dict, row: dict) -> None:
-    """Labels equal the predictions table's, best first; confidences agree to 1e-5."""
+    """Labels equal the predictions table's, best first; confidences agree to 1e-5; each head's
+    first entry, and only it, carries the table's auto flag (``<head>_auto``)."""
     want = expected(row)
     for head in HEADS:
         got = answer[head]
         assert [g["label"] for g in got][:1] == [row[f"{head}_label"]], (row["id"], head)
+        assert row[f"{head}_auto"] is not None, (row["id"], head)
+        assert got[0]["auto"] is bool(row[f"{head}_auto"]), (row["id"], head, got[0])
+        assert [set(g) for g in got] == [{"label", "confidence", "auto"}] + [{"label", "confidence"}] * (len(got) - 1)
         assert len(got) == len(want[head]) == min(5, len(got))
         for g, w in zip(got, want[head], strict=True):
             assert abs(g["confidence"] - w["confidence"]) <= 1e-5 + 1e-12, (row["id"], head, g, w)
@@ -178,6 +220,35 @@ def assert_same_as_table(answer: dict, row: dict) -> None:
         for i, (g, w) in enumerate(zip(got, want[head], strict=True)):
             if g["label"] != w["label"]:
                 assert abs(got[i]["confidence"] - want[head][i]["confidence"]) <= 2e-5
+
+
+def catalog_hashes(engine) -> dict[int, str]:
+    with engine.connect() as conn:
+        return dict(conn.execute(sa.text("SELECT id, phash FROM product_images")).all())
+
+
+def hash_of(data: bytes) -> str:
+    with Image.open(io.BytesIO(data)) as img:
+        img.load()
+        return perceptual_hash(img)
+
+
+def expected_near(data: bytes, hashes: dict[int, str]) -> list[dict]:
+    """The catalog products within the group threshold of ``data``'s photo, closest first, at
+    most 10: counted bit by bit with Python integers, not with the gateway's index."""
+    mine = int(hash_of(data), 16)
+    found = sorted((bin(mine ^ int(h, 16)).count("1"), pid) for pid, h in hashes.items() if h)
+    return [{"id": pid, "distance": d} for d, pid in found if d <= MAX_DISTANCE][:10]
+
+
+def photos_outside(hashes: dict[int, str]) -> list[tuple[int, bytes]]:
+    """Sample-catalog photos of products not in the test's catalog, in id order."""
+    return [(int(p.stem), p.read_bytes()) for p in sorted((SAMPLE / "images").glob("*.jpg"))
+            if int(p.stem) not in hashes]
+
+
+def assert_same_near_duplicates(body: dict, data: bytes, hashes: dict[int, str]) -> None:
+    assert body["near_duplicates"] == expected_near(data, hashes)
 
 
 # --- publication ---------------------------------------------------------------------------------
@@ -203,6 +274,10 @@ def test_serving_model_publishes_tf_serving_layout(pipeline):
         f"    model_version_policy {{ specific {{ versions: {number} }} }}\n  }}\n}}\n")
     [check] = result.get_asset_check_evaluations()
     assert check.passed and check.metadata["problems"].value == "none"
+    # The published copy of the labels carries the model's calibration, for the tfserving backend.
+    published_labels = publish.read_published_labels(store, number)
+    assert published_labels["calibration"] == read_labels(store, version)["calibration"]
+    assert published_labels["calibration"]["article_type"] == {"temperature": 1.5, "threshold": None}
     # Publishing the same model again copies nothing and keeps the number.
     again = publish.publish(store, version)
     assert (again.number, again.reused, again.bytes) == (number, True, meta["size_bytes"])
@@ -250,21 +325,60 @@ def test_healthz_and_model(pipeline, default_gateway):
     model = httpx.get(base + "/v1/model").json()
     assert model == {"model_version": version, "serving_version": int(version[:8] + version[9:15]),
                      "model_name": "fashion_classifier", "image_size": 32, "input": "uint8 RGB [N, 32, 32, 3]",
-                     "heads": labels["heads"], "backend": "embedded"}
+                     "heads": labels["heads"], "calibration": labels["calibration"], "backend": "embedded"}
+
+
+def test_answers_are_calibrated_and_auto_only_with_a_threshold():
+    """``ModelInfo.answers``: confidences are softmax(log p / T), the first entry's auto flag is
+    calibrated top-1 >= threshold; a model without calibration is plain and never automatic."""
+    heads = {"master_category": ["a", "b", "c"], "sub_category": ["s"], "article_type": ["x", "y"]}
+    probs = {"master_category": np.array([[0.7, 0.2, 0.1], [0.4, 0.35, 0.25]], np.float32),
+             "sub_category": np.ones((2, 1), np.float32),
+             "article_type": np.array([[0.9, 0.1], [0.5, 0.5]], np.float32)}
+    plain = ModelInfo("v", None, heads, 32).answers(probs)
+    assert [a["master_category"] for a in plain] == [
+        [{"label": "a", "confidence": 0.7, "auto": False}, {"label": "b", "confidence": 0.2},
+         {"label": "c", "confidence": 0.1}],
+        [{"label": "a", "confidence": 0.4, "auto": False}, {"label": "b", "confidence": 0.35},
+         {"label": "c", "confidence": 0.25}]]
+    assert [a["sub_category"] for a in plain] == [[{"label": "s", "confidence": 1.0, "auto": False}]] * 2
+    calibration = {"master_category": {"temperature": 0.5, "threshold": 0.8},
+                   "sub_category": {"temperature": 1.0, "threshold": 1.0},
+                   "article_type": {"temperature": 1.0, "threshold": None}}
+    calibrated = ModelInfo("v", None, heads, 32, calibration=calibration).answers(probs)
+    assert [a["master_category"] for a in calibrated] == [  # p^2, normalised
+        [{"label": "a", "confidence": 0.90741, "auto": True}, {"label": "b", "confidence": 0.07407},
+         {"label": "c", "confidence": 0.01852}],
+        [{"label": "a", "confidence": 0.46377, "auto": False}, {"label": "b", "confidence": 0.35507},
+         {"label": "c", "confidence": 0.18116}]]
+    assert [a["sub_category"][0]["auto"] for a in calibrated] == [True, True]  # 1.0 >= 1.0
+    assert [a["article_type"][0] for a in calibrated] == [
+        {"label": "x", "confidence": 0.9, "auto": False}, {"label": "x", "confidence": 0.5, "auto": False}]
+
+
+def test_the_table_has_automatic_and_manual_tags_to_compare(pipeline):
+    """The hand-written thresholds split the photos, so the gateway-vs-table comparisons below
+    compare both values of the auto flag; article_type, without a threshold, is never automatic."""
+    _, _, _, rows = pipeline
+    for head in ("master_category", "sub_category"):
+        assert {bool(r[f"{head}_auto"]) for r in rows} == {True, False}, head
+    assert {bool(r["article_type_auto"]) for r in rows} == {False}
 
 
 def test_upload_gives_the_predictions_tables_answer(pipeline, default_gateway):
-    _, dataset, _, rows = pipeline
+    backend, dataset, _, rows = pipeline
     base, _ = default_gateway
+    hashes = catalog_hashes(backend.engine())
     assert len(rows) == N_PRODUCTS
     for row in rows[:10]:  # one image per request
         data = (dataset / "images" / f"{row['id']}.jpg").read_bytes()
         response = httpx.post(base + "/v1/predict", files={"image": (f"{row['id']}.jpg", data, "image/jpeg")})
         assert response.status_code == 200, response.text
         body = response.json()
-        assert (body["model_version"], set(body)) == (row["model_version"],
-                                                      {"model_version", "serving_version", "predictions"})
+        assert (body["model_version"], set(body)) == (
+            row["model_version"], {"model_version", "serving_version", "predictions", "near_duplicates"})
         assert_same_as_table(body["predictions"], row)
+        assert_same_near_duplicates(body, data, hashes)
     # several files in one request: answers in input order
     batch = rows[10:]
     files = [("image", (f"{r['id']}.jpg", (dataset / "images" / f"{r['id']}.jpg").read_bytes(), "image/jpeg"))
@@ -274,7 +388,76 @@ def test_upload_gives_the_predictions_tables_answer(pipeline, default_gateway):
     results = response.json()["results"]
     assert [r["input"] for r in results] == [f"upload {r['id']}.jpg" for r in batch]
     for result, row in zip(results, batch, strict=True):
+        assert set(result) == {"input", "predictions", "near_duplicates"}
         assert_same_as_table(result["predictions"], row)
+        assert_same_near_duplicates(result, (dataset / "images" / f"{row['id']}.jpg").read_bytes(), hashes)
+
+
+def test_near_duplicates_find_a_reupload_and_a_resized_copy_not_an_unrelated_photo(pipeline, default_gateway):
+    backend, dataset, _, rows = pipeline
+    base, _ = default_gateway
+    hashes = catalog_hashes(backend.engine())
+    assert len(hashes) == N_PRODUCTS and all(hashes.values())
+
+    def near(data: bytes) -> list[dict]:
+        response = httpx.post(base + "/v1/predict", files={"image": ("x.jpg", data, "image/jpeg")})
+        assert response.status_code == 200, response.text
+        return response.json()["near_duplicates"]
+
+    def resized(data: bytes) -> bytes:
+        """Resized 224 -> 160 px and re-encoded as JPEG."""
+        with Image.open(io.BytesIO(data)) as img:
+            assert img.size == (224, 224)
+            out = io.BytesIO()
+            img.resize((160, 160), Image.Resampling.BILINEAR).save(out, "JPEG", quality=80)
+        return out.getvalue()
+
+    photos = {r["id"]: (dataset / "images" / f"{r['id']}.jpg").read_bytes() for r in rows}
+    # A photo whose resized copy hashes differently (most do; some resize to the same hash).
+    [product_id] = [pid for pid, data in photos.items() if hash_of(resized(data)) != hashes[pid]][:1]
+    photo = photos[product_id]
+    # The catalog's own photo, uploaded again: its product at distance 0, by the hash ingest stored.
+    again = near(photo)
+    assert again[0] == {"id": product_id, "distance": 0} and again == expected_near(photo, hashes)
+    # The resized copy: still found, a few bits away.
+    found = near(resized(photo))
+    assert found == expected_near(resized(photo), hashes)
+    assert found[0]["id"] == product_id and 0 < found[0]["distance"] <= MAX_DISTANCE, found
+    # A photo of a product outside this catalog, far from all of its photos: none.
+    [(_, unrelated)] = [(pid, data) for pid, data in photos_outside(hashes) if not expected_near(data, hashes)][:1]
+    assert near(unrelated) == []
+
+
+def test_the_near_duplicate_index_refreshes_when_product_images_gains_a_photo(pipeline, tmp_path):
+    """One more product and photo ingested for real (``products``, ``product_images``) into a copy
+    of the catalog database the gateway reads: within the refresh interval (0.5 s here), the
+    new photo is its own near-duplicate."""
+    backend, dataset, _, _ = pipeline
+    hashes = catalog_hashes(backend.engine())
+    catalog = tmp_path / "catalog.sqlite"
+    shutil.copyfile(backend.catalog_url.removeprefix("sqlite:///"), catalog)
+    grown_backend = Backend("copy", f"sqlite:///{catalog}", str(tmp_path / "store"))
+    grown = small_real_catalog(tmp_path / "grown", N_PRODUCTS + 1)
+    [new_id] = {int(p.stem) for p in (grown / "images").glob("*.jpg")} - set(hashes)
+    data = (grown / "images" / f"{new_id}.jpg").read_bytes()
+    with gateway(backend, dataset, "--near-duplicates-refresh-s", "0.5",
+                 env={"FASHION_CATALOG_URL": grown_backend.catalog_url}) as (base, log):
+        def near() -> list[dict]:
+            return httpx.post(base + "/v1/predict", files={"image": ("new.jpg", data)}).json()["near_duplicates"]
+
+        before = near()
+        assert before == expected_near(data, hashes) and new_id not in [n["id"] for n in before]
+        materialise([products, product_images], grown_backend.resources(grown), dg.DagsterInstance.ephemeral())
+        grown_hashes = catalog_hashes(grown_backend.engine())
+        assert len(grown_hashes) == N_PRODUCTS + 1
+        deadline = time.monotonic() + 30
+        while (after := near()) == before:
+            assert time.monotonic() < deadline, "the index was not refreshed"
+            time.sleep(0.2)
+        assert after == expected_near(data, grown_hashes) and after[0] == {"id": new_id, "distance": 0}
+        text = log.read_text()
+        assert f"near-duplicate index: {N_PRODUCTS} photos of product_images; compared every 0.5 s" in text
+        assert f"near-duplicate index: reloaded, {N_PRODUCTS + 1} photos of product_images" in text
 
 
 def test_concurrent_requests_are_batched_and_answer_each_their_own(pipeline, default_gateway):
@@ -301,6 +484,7 @@ def test_store_key(pipeline, default_gateway):
     one = httpx.post(base + "/v1/predict", json={"key": layout.set_image("all", row["id"])})
     assert one.status_code == 200, one.text
     assert_same_as_table(one.json()["predictions"], row)
+    assert one.json()["near_duplicates"][0] == {"id": row["id"], "distance": 0}
     keys = [layout.catalog_image(r["id"]) for r in rows[:4]]
     many = httpx.post(base + "/v1/predict", json={"keys": keys}).json()["results"]
     assert [m["input"] for m in many] == [f"key {k}" for k in keys]

@@ -7,7 +7,8 @@
   labels of.
 
 Both take ``uint8 [N, S, S, 3]`` (what ``Preprocessor`` makes, the same decoding as the
-``predictions`` asset) and give probabilities per head.
+``predictions`` asset) and give probabilities per head; ``ModelInfo.answers`` turns them into the
+answer the ``predictions`` table holds (calibrated, top 5, the auto flag).
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import layout
+from ..classifier.calibration import CALIBRATION, automatic, calibrated, head_calibration
 from ..classifier.labels import HEADS
+from ..predictions.inference import top_classes
 
 
 @dataclass
@@ -32,12 +35,38 @@ class ModelInfo:
     image_size: int
     input_name: str = "inputs"
     signature_name: str = "serving_default"
+    calibration: dict = field(default_factory=dict)  # labels.json's "calibration"; empty: T = 1, never auto
+
+    @property
+    def labels(self) -> dict:
+        """The part of ``labels.json`` that ``classifier.calibration`` reads."""
+        return {"heads": self.heads, "image_size": self.image_size, CALIBRATION: self.calibration}
 
     def describe(self) -> dict:
         return {"model_version": self.source_version, "serving_version": self.serving_version,
                 "model_name": layout.SERVED_MODEL_NAME, "image_size": self.image_size,
                 "input": f"uint8 RGB [N, {self.image_size}, {self.image_size}, 3]",
-                "heads": {h: list(self.heads[h]) for h in HEADS}}
+                "heads": {h: list(self.heads[h]) for h in HEADS},
+                CALIBRATION: {h: head_calibration(self.labels, h).to_json() for h in HEADS}}
+
+    def answers(self, probs: dict[str, np.ndarray]) -> list[dict]:
+        """Plain probabilities per head ``[N, classes]`` -> per image ``{head: [{"label",
+        "confidence"}, ...]}``, top 5, best first, exactly as ``predictions.inference`` fills the
+        table: calibrated (``classifier.calibration.calibrated``), ranked by ``top_classes``, and
+        the first entry's ``"auto"`` is ``automatic`` on the calibrated top-1 (the table's
+        ``<head>_auto``)."""
+        labels = self.labels
+        probs = calibrated({h: probs[h] for h in HEADS}, labels)
+        answers: list[dict] = [{} for _ in range(len(probs[HEADS[0]]))]
+        for head in HEADS:
+            names, top_p = top_classes(probs[head], np.asarray(self.heads[head], dtype=object))
+            auto = automatic(top_p[:, 0], labels, head).tolist()
+            for i, answer in enumerate(answers):
+                ranked = [{"label": n, "confidence": float(p)}
+                          for n, p in zip(names[i].tolist(), top_p[i].tolist(), strict=True)]
+                ranked[0]["auto"] = bool(auto[i])
+                answer[head] = ranked
+        return answers
 
 
 class Preprocessor:

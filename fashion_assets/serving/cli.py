@@ -6,9 +6,11 @@
     fashion-assets fetch-served-model DEST    the published model in TF Serving's layout under DEST
                                               (the TF Serving pod's init container runs it)
 
-The store comes from the same environment variables as the code location (FASHION_STORE_URL,
-FASHION_S3_ENDPOINT_URL, AWS_*); FASHION_SERVE_* variables set the defaults of the options, so a
-container needs no arguments beyond ``serve``.
+The store and the catalog database come from the same environment variables as the code location
+(FASHION_STORE_URL, FASHION_S3_ENDPOINT_URL, AWS_*; FASHION_CATALOG_URL, and FASHION_QUERY_URL's
+read-only role when set, which ``serve`` reads ``product_images`` with for near-duplicates);
+FASHION_SERVE_* variables set the defaults of the options, so a container needs no arguments
+beyond ``serve``.
 """
 
 import argparse
@@ -18,9 +20,10 @@ import os
 
 import dagster as dg
 
-from ..resources import ConfigurationError, store_from_env
+from ..resources import ConfigurationError, resources_from_env, store_from_env
 from .gateway import MAX_ITEMS, GatewayConfig, create_app
 from .inputs import DEFAULT_MAX_BYTES, DEFAULT_TIMEOUT_S, FetchPolicy
+from .near_duplicates import CatalogIndex
 from .publish import fetch_published
 
 
@@ -29,14 +32,19 @@ def _env(name: str, default: str) -> str:
 
 
 @contextlib.contextmanager
-def _store():
+def _resources(with_catalog: bool = False):
+    """The store (checked), and with ``with_catalog`` the catalog database resource (connected:
+    a wrong FASHION_CATALOG_URL fails here, masked, like a step's)."""
     from ..cli import CliError  # the parent module imports this one: imported when used
 
+    wanted = {"store": store_from_env()}
+    if with_catalog:
+        wanted["catalog_db"] = resources_from_env()["catalog_db"]
     try:
-        with dg.build_resources({"store": store_from_env()}) as resources:
+        with dg.build_resources(wanted) as resources:
             store = resources.store.get_store()
             store.check()
-            yield store
+            yield store, (resources.catalog_db if with_catalog else None)
     except ConfigurationError as exc:
         raise CliError(str(exc)) from None
     except dg.DagsterError as exc:
@@ -53,9 +61,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
                            allow_private=args.allow_private_urls,
                            allowed_networks=tuple(n.strip() for n in args.allow_networks.split(",") if n.strip())),
         max_batch=args.max_batch, max_delay_s=args.batch_delay_ms / 1000.0,
+        near_duplicates_refresh_s=args.near_duplicates_refresh_s,
     )
-    with _store() as store:
-        app = create_app(store, config)
+    with _resources(with_catalog=True) as (store, catalog_db):
+        app = create_app(store, config, catalog=CatalogIndex(catalog_db.query_engine))
         # access_log off: the gateway logs each request itself (without query strings).
         uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level="info",
                     timeout_graceful_shutdown=10)
@@ -63,7 +72,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
-    with _store() as store:
+    with _resources() as (store, _):
         number, model_dir = fetch_published(store, args.dest)
     print(f"version {number} in {model_dir}; --model_config_file={os.path.join(args.dest, 'models.config')}")
     return 0
@@ -92,6 +101,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--max-batch", type=int, default=64, help="embedded: most images in one predict call")
     serve.add_argument("--batch-delay-ms", type=float, default=4.0,
                        help="embedded: how long a batch waits for requests still being decoded (default 4)")
+    serve.add_argument("--near-duplicates-refresh-s", type=float,
+                       default=float(_env("FASHION_SERVE_NEAR_DUPLICATES_REFRESH_S", "30")),
+                       help="seconds between checks for a newer product_images (near-duplicate index; default 30)")
     serve.set_defaults(func=cmd_serve, max_items=MAX_ITEMS)
     fetch = commands.add_parser("fetch-served-model",
                                 help="download the published model in TF Serving's layout (init containers)")

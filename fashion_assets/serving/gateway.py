@@ -7,13 +7,18 @@ module: no Dagster (``serving/cli.py`` resolves the store from the environment a
                        ``{"key": ...}``, ``{"urls": [...]}``, ``{"keys": [...]}``
 
 An answer is ``{"model_version", "serving_version", "predictions": {head: [{"label",
-"confidence"}, ...5]}}``, best first; a batch answers ``{"model_version", "serving_version",
-"results": [{"input", "predictions"}, ...]}`` in input order. A bad input is a 4xx with
-``{"error": "<what, naming the input>"}``, and nothing is predicted for any input of that request.
+"confidence", "auto"}, {"label", "confidence"}, ...5]}, "near_duplicates": [{"id", "distance"},
+...]}``: calibrated confidences, best first, ``auto`` on each head's first entry (the tag may be
+applied without a person), and the catalog products whose photo is a near-duplicate of the image
+(``near_duplicates.py``; the key is absent when the gateway was given no catalog). A batch answers
+``{"model_version", "serving_version", "results": [{"input", "predictions", "near_duplicates"},
+...]}`` in input order. A bad input is a 4xx with ``{"error": "<what, naming the input>"}``, and
+nothing is predicted for any input of that request.
 
-Why this module is long: the app's lifecycle, its three endpoints and the reading of the three
-input forms share one object (the backend, the HTTP client, the limits); split, each part would
-reach into the others' state.
+Why this module is long: the app's lifecycle (the model, the near-duplicate index and its
+refresh), its three endpoints and the reading of the three input forms share one object (the
+backend, the index, the HTTP client, the limits); split, each part would reach into the others'
+state.
 """
 
 from __future__ import annotations
@@ -34,11 +39,11 @@ from starlette.routing import Route
 
 from .. import layout
 from ..classifier.artifacts import latest_version, load_local, load_version, read_labels
-from ..classifier.labels import HEADS
+from ..classifier.calibration import CALIBRATION
 from ..core.storage import ObjectStore
-from ..predictions.inference import top_classes
 from .backends import EmbeddedBackend, ModelInfo, Preprocessor, TFServingBackend
 from .inputs import FetchPolicy, InputError, check_image, fetch_url, read_key, shown_url
+from .near_duplicates import CatalogIndex, image_hash
 from .publish import configured_number, fetch_published, read_published_labels
 
 log = logging.getLogger("fashion_assets.serving")
@@ -54,6 +59,7 @@ class GatewayConfig:
     max_batch: int = 64
     max_delay_s: float = 0.004
     workdir: str | None = None  # where the embedded backend downloads the model; a temporary folder
+    near_duplicates_refresh_s: float = 30.0  # how often product_images' fingerprint is compared
 
 
 def published_info(store: ObjectStore) -> ModelInfo | None:
@@ -65,7 +71,7 @@ def published_info(store: ObjectStore) -> ModelInfo | None:
     doc = read_published_labels(store, number)
     inputs = list(doc.get("signature", {}).get("inputs", {})) or ["inputs"]
     return ModelInfo(doc["source_version"], number, doc["heads"], int(doc["image_size"]), inputs[0],
-                     doc.get("signature_name", "serving_default"))
+                     doc.get("signature_name", "serving_default"), doc.get(CALIBRATION) or {})
 
 
 def load_backend(store: ObjectStore, config: GatewayConfig, workdir: str):
@@ -77,14 +83,15 @@ def load_backend(store: ObjectStore, config: GatewayConfig, workdir: str):
         return TFServingBackend(config.tfserving, info)
     if info is not None:
         number, model_dir = fetch_published(store, workdir)
-        model = load_local(model_dir, {"heads": info.heads, "image_size": info.image_size}, info.source_version)
+        model = load_local(model_dir, info.labels, info.source_version)
         log.info(f"embedded backend: published version {number} (model {info.source_version}) from {store.url}")
     else:
         # Nothing published yet (right after `make demo`): the newest trained model, as is.
         version = latest_version(store)
         labels = read_labels(store, version)
         model = load_version(store, version, workdir)
-        info = ModelInfo(version, None, labels["heads"], int(labels["image_size"]))
+        info = ModelInfo(version, None, labels["heads"], int(labels["image_size"]),
+                         calibration=labels.get(CALIBRATION) or {})
         log.warning(f"embedded backend: no published model in {store.url}; serving model {version} from "
                     f"{layout.MODELS} directly (materialise serving_model to publish it)")
     return EmbeddedBackend(model, info, config.max_batch, config.max_delay_s)
@@ -126,10 +133,12 @@ def _too_large(max_bytes: int) -> JSONResponse:
 
 
 class Gateway:
-    def __init__(self, store: ObjectStore, config: GatewayConfig, backend=None):
+    def __init__(self, store: ObjectStore, config: GatewayConfig, backend=None, catalog: CatalogIndex | None = None):
         self.store = store
         self.config = config
         self.backend = backend
+        self.catalog = catalog
+        self._refresher: asyncio.Task | None = None
         self.preprocess: Preprocessor | None = None
         self.failure: str | None = None
         self.client = None
@@ -140,6 +149,8 @@ class Gateway:
 
     async def start(self) -> None:
         try:
+            if self.catalog is not None:
+                await self._load_index()
             workdir = self.config.workdir or self._tmp.name
             if self.backend is None:
                 self.backend = await asyncio.to_thread(load_backend, self.store, self.config, workdir)
@@ -158,9 +169,42 @@ class Gateway:
             info = self.backend.info
             log.info(f"ready: {self.backend.name} backend, model {info.source_version} "
                      f"(serving version {info.serving_version}), {info.image_size} px")
+            if self.catalog is not None:
+                self._refresher = asyncio.create_task(self._keep_index_fresh())
         except Exception as exc:  # noqa: BLE001 - shown by /healthz, the process stays up
             self.failure = f"cannot load the model: {exc}"
             log.error(self.failure)
+
+    async def _load_index(self) -> None:
+        """The near-duplicate index's first load (before the gateway is ready), retried while the
+        catalog database does not answer."""
+        delay = 0.5
+        while True:
+            try:
+                loaded = await asyncio.to_thread(self.catalog.refresh)
+                break
+            except Exception as exc:  # noqa: BLE001 - the database may come up after us
+                self.failure = f"cannot read product_images for the near-duplicate index ({type(exc).__name__})"
+                log.warning(f"{self.failure}; retrying in {delay:.1f} s")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+        self.failure = None
+        log.info(f"near-duplicate index: {loaded.photos:,} photos of product_images"
+                 + (f" ({loaded.skipped} with a malformed hash left out)" if loaded.skipped else "")
+                 + f"; compared every {self.config.near_duplicates_refresh_s:g} s")
+
+    async def _keep_index_fresh(self) -> None:
+        """Every ``near_duplicates_refresh_s``, in a worker thread: compare ``product_images``'
+        fingerprint, reload the hashes when it changed. A failed poll keeps the index it has."""
+        while True:
+            await asyncio.sleep(self.config.near_duplicates_refresh_s)
+            try:
+                refreshed = await asyncio.to_thread(self.catalog.refresh)
+            except Exception as exc:  # noqa: BLE001 - keep serving with the index we have
+                log.warning(f"near-duplicate index not refreshed ({type(exc).__name__}); keeping the one loaded")
+                continue
+            if refreshed.changed:
+                log.info(f"near-duplicate index: reloaded, {refreshed.photos:,} photos of product_images")
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app):
@@ -172,6 +216,8 @@ class Gateway:
             yield
         finally:
             task.cancel()
+            if self._refresher is not None:
+                self._refresher.cancel()
             await self.client.aclose()
             if self.backend is not None:
                 await self.backend.close()
@@ -208,9 +254,9 @@ class Gateway:
             info = self.backend.info
             head = {"model_version": info.source_version, "serving_version": info.serving_version}
             if single:
-                return JSONResponse({**head, "predictions": answer[0]})
-            return JSONResponse({**head, "results": [{"input": what, "predictions": p}
-                                                     for (what, _), p in zip(items, answer, strict=True)]})
+                return JSONResponse({**head, **answer[0]})
+            return JSONResponse({**head, "results": [{"input": what, **a}
+                                                     for (what, _), a in zip(items, answer, strict=True)]})
         except InputError as exc:
             status = exc.status
             return JSONResponse({"error": exc.message}, status_code=exc.status)
@@ -278,35 +324,44 @@ class Gateway:
         raise InputError(415, "send multipart/form-data with a file in field 'image', "
                               'or application/json {"url": ...} or {"key": ...}')
 
-    def _decode(self, what: str, data: bytes) -> np.ndarray:
+    def _decode(self, what: str, data: bytes) -> tuple[np.ndarray, list[dict] | None]:
+        """The model's input, and the image's near-duplicates in the catalog (None without a
+        catalog): both in this worker thread, off the event loop."""
         check_image(data, what)
         try:
-            return self.preprocess(data)
+            image = self.preprocess(data)
         except ValueError as exc:
             raise InputError(422, f"{what}: {exc}") from None
+        if self.catalog is None:
+            return image, None
+        try:
+            phash = image_hash(data)
+        except (OSError, SyntaxError, ValueError):  # what the catalog's ingest would refuse too
+            raise InputError(422, f"{what}: truncated or corrupt image data") from None
+        return image, self.catalog.lookup(phash)
 
     async def _classify(self, items: list[tuple[str, bytes]]) -> list[dict]:
+        """Per image ``{"predictions": ..., "near_duplicates": ...}`` (the latter with a catalog)."""
         self.backend.expect()
         try:
-            images = [await asyncio.to_thread(self._decode, what, data) for what, data in items]
+            decoded = [await asyncio.to_thread(self._decode, what, data) for what, data in items]
         finally:
             self.backend.unexpect()
-        probs = await self.backend.predict(np.stack(images))
-        heads = self.backend.info.heads
-        answers: list[dict] = [{} for _ in items]
-        for head in HEADS:
-            names, top_p = top_classes(probs[head], np.asarray(heads[head], dtype=object))
-            for i in range(len(items)):
-                answers[i][head] = [{"label": n, "confidence": float(p)}
-                                    for n, p in zip(names[i].tolist(), top_p[i].tolist(), strict=True)]
+        probs = await self.backend.predict(np.stack([image for image, _ in decoded]))
+        answers = []
+        for predictions, (_, near) in zip(self.backend.info.answers(probs), decoded, strict=True):
+            answers.append({"predictions": predictions} if near is None
+                           else {"predictions": predictions, "near_duplicates": near})
         return answers
 
 
-def create_app(store: ObjectStore, config: GatewayConfig | None = None, backend=None) -> Starlette:
-    """The ASGI app; the model loads in the background once the server starts."""
+def create_app(store: ObjectStore, config: GatewayConfig | None = None, backend=None,
+               catalog: CatalogIndex | None = None) -> Starlette:
+    """The ASGI app; the model (and ``catalog``'s near-duplicate index) load in the background
+    once the server starts."""
     # httpx logs every request's full URL at INFO: a presigned URL's signature is a secret.
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    gateway = Gateway(store, config or GatewayConfig(), backend)
+    gateway = Gateway(store, config or GatewayConfig(), backend, catalog)
     app = Starlette(
         routes=[Route("/healthz", gateway.healthz), Route("/v1/model", gateway.model),
                 Route("/v1/predict", gateway.predict, methods=["POST"])],

@@ -5,7 +5,8 @@ reads which models and versions to serve from a ``model_config_list`` text file.
 copies one version of ``fashion_classifier``'s SavedModel there::
 
     serving/fashion_classifier/<n>/                          the SavedModel, as TF Serving loads it
-    serving/fashion_classifier/<n>/assets.extra/labels.json  classes per head, image size, signature
+    serving/fashion_classifier/<n>/assets.extra/labels.json  classes per head, image size, signature,
+                                                             calibration (when the model has one)
     serving/models.config                                    names version <n> (written last)
 
 ``<n>`` comes from the model's version (``20250101T120000Z`` -> ``20250101120000``), so it grows
@@ -23,6 +24,7 @@ from pathlib import Path, PurePosixPath
 
 from .. import layout
 from ..classifier.artifacts import read_labels
+from ..classifier.calibration import CALIBRATION
 from ..classifier.labels import HEADS
 from ..core.storage import ObjectStore
 
@@ -162,6 +164,8 @@ def publish(store: ObjectStore, version: str, log=lambda message: None) -> Publi
     document = {"source_version": version, "serving_version": number, "model_name": layout.SERVED_MODEL_NAME,
                 "signature_name": SIGNATURE, "signature": signature,
                 "heads": labels["heads"], "image_size": labels["image_size"]}
+    if labels.get(CALIBRATION):  # temperatures and auto-tag thresholds: the gateway applies them
+        document[CALIBRATION] = labels[CALIBRATION]
     store.put_bytes(layout.serving_labels(number), json.dumps(document, indent=2).encode(), "application/json")
     listed = list(store.list(prefix))  # what TF Serving's init container will copy, labels included
     objects, nbytes = len(listed), sum(o.size for o in listed)
