@@ -2,7 +2,8 @@
 
     fashion-assets query add NAME (--sql TEXT | --file PATH)   validate, register, add the partition
     fashion-assets query list | show NAME | remove NAME [--purge]
-    fashion-assets summary                                      what the last materialisations produced
+    fashion-assets summary                                      what the last materialisations produced,
+                                                                and each set's auto-tag coverage
 
 Configured by the same environment variables as the code location (README, "Configuration");
 the partition goes to the Dagster instance in DAGSTER_HOME.
@@ -17,12 +18,14 @@ from pathlib import Path
 import dagster as dg
 
 from . import layout
+from .classifier.labels import HEADS
 from .core import database
 from .image_sets.assets import image_queries
 from .image_sets.export import purge_image_set
 from .image_sets.registry import QueryNotFound, QueryRegistry, QueryUnreadable, check_name, not_utf8
 from .image_sets.sandbox import SandboxLimits, SqlRejected, SqlSandbox, SqlTimeout, check_sql_size
 from .labelling.cli import add_commands as add_labelling_commands
+from .labelling.queue import auto_coverage
 from .resources import ConfigurationError, resources_from_env
 from .serving.cli import add_commands as add_serving_commands
 
@@ -137,6 +140,25 @@ def latest_metadata(instance: dg.DagsterInstance, key: str, partition: str | Non
     return {k: v.value for k, v in records[0].asset_materialization.metadata.items()}
 
 
+def auto_tag_lines(names: list[str]) -> list[str]:
+    """Per set of ``names`` with rows in table ``predictions``: per head, how many of its images
+    are tagged automatically (``<head>_auto``), read from the catalog database."""
+    try:
+        with _resources() as resources:
+            coverage = auto_coverage(resources.catalog_db.engine)
+    except CliError as exc:
+        return [f"Auto-tags: cannot read table predictions ({exc})"]
+    found = [(name, coverage[name]) for name in names if name in coverage]
+    if not found:
+        return []
+    lines = ["Auto-tags (per head: images whose calibrated confidence reaches the model's threshold)"]
+    for name, c in found:
+        lines.append(f"  {name:28} " + ", ".join(
+            f"{h} {c.automatic[h]:,}/{c.images:,} ({c.automatic[h] / c.images:.1%})" for h in HEADS)
+            + f"   model {c.model_version}")
+    return lines
+
+
 def cmd_summary(args: argparse.Namespace) -> int:
     with dg.DagsterInstance.get() as instance:
         products = latest_metadata(instance, "products")
@@ -173,12 +195,11 @@ def cmd_summary(args: argparse.Namespace) -> int:
             print(f"  {name:28} {meta['dagster/row_count']:>6,} images ({meta['missing']:,} selected without image)"
                   f"   {meta['manifest']}")
     if model:
-        heads = ("master_category", "sub_category", "article_type")
         print(f"Classifier {model['version']}  validation accuracy: " + ", ".join(
-            f"{h} {model[f'{h}_accuracy']:.1%}" for h in heads) + f"   ({model['training_seconds']:.0f}s training)")
-        if all(f"unseen_{h}_accuracy" in model for h in heads):
+            f"{h} {model[f'{h}_accuracy']:.1%}" for h in HEADS) + f"   ({model['training_seconds']:.0f}s training)")
+        if all(f"unseen_{h}_accuracy" in model for h in HEADS):
             print("  on the unseen range (newest ids, never trained on): " + ", ".join(
-                f"{h} {model[f'unseen_{h}_accuracy']:.1%}" for h in heads))
+                f"{h} {model[f'unseen_{h}_accuracy']:.1%}" for h in HEADS))
         print(f"  {model['model_keras'] or model['saved_model']}")
     if predicted:
         print("Predictions (table `predictions` in the catalog database, and Parquet)")
@@ -186,6 +207,8 @@ def cmd_summary(args: argparse.Namespace) -> int:
             agreement = meta.get("agreement_article_type")
             agree = f", article type agrees with the catalog on {agreement:.1%}" if agreement is not None else ""
             print(f"  {name:28} {meta['dagster/row_count']:>6,} rows{agree}   {meta['parquet']}")
+    for line in auto_tag_lines(list(image_sets)) if image_sets else []:
+        print(line)
     print()
     print("Open the UI:  make dev   (dagster dev, then http://127.0.0.1:3000)")
     return 0

@@ -1,6 +1,7 @@
 """``fashion-assets export`` and ``fashion-assets labels``: the commands registered by ``fashion_assets.cli``.
 
     fashion-assets export NAME --format label-studio|coco|csv --out PATH [--expires S] [--document-root DIR]
+                          [--queue doubt|random [--limit N] [--seed S]]
     fashion-assets labels import FILE       a Label Studio JSON export into table `labels`
     fashion-assets labels show              what table `labels` holds
 """
@@ -12,6 +13,19 @@ import dagster as dg
 
 from .export import DEFAULT_EXPIRES_S, FORMATS, export_set
 from .importer import import_labels
+from .queue import DEFAULT_SEED, QUEUES, QueueResult
+
+
+def queue_line(result: QueueResult) -> str:
+    """What the queue chose, in one line."""
+    duplicates = (f"{result.duplicates_left_out:,} near-duplicate{'' if result.duplicates_left_out == 1 else 's'}"
+                  " of an image ahead of it")
+    if result.queue == "random":
+        return (f"Queue random (seed {result.seed}): {len(result.chosen):,} of {result.considered:,} images; "
+                f"left out: {duplicates}.")
+    return (f"Queue doubt: {len(result.chosen):,} of {result.considered:,} images not tagged automatically, most "
+            f"doubtful first ({result.disagreeing:,} disagree with the catalog); left out: {result.automatic:,} "
+            f"tagged automatically, {result.unpredicted:,} without a prediction, {duplicates}.")
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -19,11 +33,14 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     with _resources() as resources:
         result = export_set(resources.store.get_store(), resources.catalog_db.engine, args.name, args.format,
-                            args.out, expires_s=args.expires, document_root=args.document_root)
+                            args.out, expires_s=args.expires, document_root=args.document_root,
+                            queue=args.queue, limit=args.limit, seed=args.seed)
     predicted = (f", {result.with_predictions:,} with pre-annotations of model {result.model_version}"
                  if result.with_predictions else ", no predictions for this set (no pre-annotations)")
     print(f"{result.tasks:,} images of {args.name!r} written to {result.path} ({args.format}"
           f"{predicted if args.format != 'coco' else ''}).")
+    if result.queue:
+        print(queue_line(result.queue))
     if result.config_path:
         print(f"Labelling configuration: {result.config_path} (paste it in the project's Labeling Interface)")
     return 0
@@ -75,6 +92,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                         help=f"seconds a presigned S3 image URL stays valid (default {DEFAULT_EXPIRES_S})")
     export.add_argument("--document-root", help="local store: Label Studio's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT "
                         "(default: the store's folder)")
+    export.add_argument("--queue", choices=QUEUES, help="only a labelling queue: doubt (the images the model does "
+                        "not tag automatically, disagreements with the catalog first, then least margin; needs the "
+                        "set's predictions) or random (a seeded sample); one image per near-duplicate group")
+    export.add_argument("--limit", type=int, help="with --queue: at most this many images")
+    export.add_argument("--seed", type=int, default=DEFAULT_SEED,
+                        help=f"with --queue random: the sample's seed (default {DEFAULT_SEED})")
     export.set_defaults(func=cmd_export)
 
     labels = commands.add_parser("labels", help="human labels (table `labels`)")

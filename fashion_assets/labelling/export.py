@@ -14,6 +14,10 @@ What goes out:
   classification annotation (no box) per image and head, from the catalog labels.
 - ``csv``: id, image, the three catalog labels, the predicted labels and confidences.
 
+With a queue (``labelling.queue``: ``doubt`` or ``random``, at most ``limit`` images) only the
+queue's images go out, in its order, each with its ``rank``, ``margin`` and ``queue_reason``:
+in a Label Studio task's ``data``, on a COCO image, as CSV columns.
+
 Image URLs: on S3 a presigned GET URL valid for ``expires_s``; on a local store Label Studio's
 local-files form ``/data/local-files/?d=<path under its document root>`` (start Label Studio
 with ``LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT`` = that root; docs/labelling.md). COCO and CSV
@@ -44,10 +48,12 @@ from ..core.storage import ObjectStore, S3ObjectStore
 from ..image_sets.export import read_manifest
 from ..image_sets.registry import QueryRegistry
 from ..predictions.table import predictions as predictions_table
+from .queue import DEFAULT_SEED, Queued, QueueResult, build_queue
 
 FORMATS = ("label-studio", "coco", "csv")
 DEFAULT_EXPIRES_S = 7 * 24 * 3600  # a presigned URL's life: a labelling round of a week
 IMAGE_FIELD = "image"  # the task data key the labelling config's <Image> reads ($image)
+QUEUE_COLUMNS = ("rank", "margin", "queue_reason")  # a queued export's extra fields
 HEAD_TITLES = {"master_category": "Master category", "sub_category": "Sub category", "article_type": "Article type"}
 
 
@@ -62,6 +68,7 @@ class Item:
     catalog: dict[str, str | None]  # head -> the catalog's label
     name: str | None = None
     predicted: dict[str, tuple[str, float]] | None = None  # head -> (label, confidence)
+    queued: Queued | None = None  # its place in the labelling queue, when the export has one
 
 
 @dataclass
@@ -79,6 +86,7 @@ class ExportResult:
     with_predictions: int
     model_version: str | None
     config_path: Path | None = None
+    queue: QueueResult | None = None
 
 
 def load_set(store: ObjectStore, engine: sa.Engine, name: str) -> SetForLabelling:
@@ -133,7 +141,7 @@ def label_studio_tasks(selection: SetForLabelling, url_of) -> list[dict]:
     tasks = []
     for item in selection.items:
         task = {"data": {IMAGE_FIELD: url_of(item.key), "product_id": item.id, "image_set": selection.name,
-                         "product_display_name": item.name, **item.catalog}}
+                         "product_display_name": item.name, **item.catalog, **queue_fields(item)}}
         if item.predicted:
             task["predictions"] = [{
                 "model_version": selection.model_version,
@@ -172,23 +180,35 @@ def coco_document(selection: SetForLabelling, store: ObjectStore) -> dict:
     return {
         "info": {"description": f"image set {selection.name}: catalog labels, one classification annotation per "
                                 "image and head (supercategory = head)"},
-        "images": [{"id": i.id, "file_name": store.uri(i.key), "width": i.width, "height": i.height}
-                   for i in selection.items],
+        "images": [{"id": i.id, "file_name": store.uri(i.key), "width": i.width, "height": i.height,
+                    **queue_fields(i)} for i in selection.items],
         "categories": [{"id": n, "name": c, "supercategory": h} for (h, c), n in categories.items()],
         "annotations": annotations,
     }
 
 
+def queue_fields(item: Item) -> dict:
+    """``rank``, ``margin`` (6 decimals; None without one) and ``queue_reason``; none unqueued."""
+    if item.queued is None:
+        return {}
+    margin = item.queued.margin
+    return {"rank": item.queued.rank, "margin": None if margin is None else round(margin, 6),
+            "queue_reason": item.queued.reason}
+
+
 def csv_text(selection: SetForLabelling, store: ObjectStore) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
+    queued = any(i.queued for i in selection.items)
     writer.writerow(["id", "image", *HEADS, *[f"predicted_{h}" for h in HEADS],
-                     *[f"predicted_{h}_confidence" for h in HEADS]])
+                     *[f"predicted_{h}_confidence" for h in HEADS], *(QUEUE_COLUMNS if queued else ())])
     for item in selection.items:
         predicted = item.predicted or {}
+        fields = queue_fields(item)
         writer.writerow([item.id, store.uri(item.key), *[item.catalog[h] or "" for h in HEADS],
                          *[predicted[h][0] if h in predicted else "" for h in HEADS],
-                         *[f"{predicted[h][1]:.6f}" if h in predicted else "" for h in HEADS]])
+                         *[f"{predicted[h][1]:.6f}" if h in predicted else "" for h in HEADS],
+                         *(("" if fields[c] is None else fields[c] for c in QUEUE_COLUMNS) if queued else ())])
     return buffer.getvalue()
 
 
@@ -228,18 +248,28 @@ def config_path_for(path: Path) -> Path:
 
 
 def export_set(store: ObjectStore, engine: sa.Engine, name: str, fmt: str, out: str | os.PathLike,
-               expires_s: int = DEFAULT_EXPIRES_S, document_root: str | os.PathLike | None = None) -> ExportResult:
+               expires_s: int = DEFAULT_EXPIRES_S, document_root: str | os.PathLike | None = None,
+               queue: str | None = None, limit: int | None = None, seed: int = DEFAULT_SEED) -> ExportResult:
     """Write set ``name`` in format ``fmt`` to ``out`` (and, for Label Studio, its configuration
-    beside it: ``config_path_for``)."""
+    beside it: ``config_path_for``); with ``queue``, only the queue's images, in its order."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}: one of {', '.join(FORMATS)}")
     if expires_s <= 0:
         raise ValueError(f"expiry must be a positive number of seconds, not {expires_s}")
+    if queue is None and limit is not None:
+        raise ValueError(f"a limit ({limit}) needs a queue: --queue doubt or --queue random")
     path = Path(out).expanduser().absolute()
     check_writable(path)
     if fmt == "label-studio":
         check_writable(config_path_for(path))
     selection = load_set(store, engine, name)
+    queued = None
+    if queue is not None:
+        queued = build_queue(engine, name, [i.id for i in selection.items], queue, limit, seed)
+        by_id = {i.id: i for i in selection.items}
+        selection.items = [by_id[q.id] for q in queued.chosen]
+        for item, place in zip(selection.items, queued.chosen, strict=True):
+            item.queued = place
     config_path = None
     if fmt == "label-studio":
         tasks = label_studio_tasks(selection, lambda key: label_studio_url(store, key, expires_s, document_root))
@@ -252,4 +282,4 @@ def export_set(store: ObjectStore, engine: sa.Engine, name: str, fmt: str, out: 
         files = {path: csv_text(selection, store)}
     write_atomically(files)
     with_predictions = sum(1 for i in selection.items if i.predicted)
-    return ExportResult(path, len(selection.items), with_predictions, selection.model_version, config_path)
+    return ExportResult(path, len(selection.items), with_predictions, selection.model_version, config_path, queued)
