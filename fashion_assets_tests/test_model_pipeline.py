@@ -162,6 +162,34 @@ def test_augment_train_predict(pipeline):
     run([predictions])  # a re-run replaces the partition's rows, never duplicates them
     assert len(prediction_rows(backend)) == 9
 
+    # The auto flag is the model's threshold on the calibrated confidence, per head.
+    labels_key = layout.model_labels(model_meta["version"])
+    labels_doc = json.loads(store.get_bytes(labels_key))
+    assert set(labels_doc["calibration"]) == set(HEADS) and labels_doc["autotag"]["precision"] == 0.97
+    def predicted_table(calibration):
+        store.put_bytes(labels_key, json.dumps({**labels_doc, "calibration": calibration}).encode())
+        run([predictions])
+        with backend.engine().connect() as conn:
+            return conn.execute(sa.text("SELECT article_type_confidence, article_type_auto, article_type_top5, "
+                                        "master_category_auto FROM predictions ORDER BY id")).all()
+
+    top = {}
+    for temperature in (1.0, 2.0):
+        calibration = {h: {"temperature": temperature, "threshold": None} for h in HEADS}
+        table = predicted_table(calibration)
+        confidences = [r.article_type_confidence for r in table]
+        assert [json.loads(r.article_type_top5)[0][1] for r in table] == confidences  # calibrated, both
+        assert not any(r.article_type_auto or r.master_category_auto for r in table)  # no threshold: never
+        top[temperature] = max(confidences)
+        calibration["article_type"]["threshold"] = sorted(confidences, reverse=True)[4]  # distinct here
+        table = predicted_table(calibration)
+        assert sum(bool(r.article_type_auto) for r in table) == 5
+        assert all(bool(r.article_type_auto) == (r.article_type_confidence >= calibration["article_type"][
+            "threshold"]) for r in table)
+        assert not any(r.master_category_auto for r in table)
+    assert top[2.0] < top[1.0]  # a temperature above 1 flattens the answer
+    store.put_bytes(labels_key, json.dumps(labels_doc).encode())
+
     augmented = meta(run([predictions], {predictions: {"source": "augmented"}}), "predictions")
     assert augmented["dagster/row_count"] == 18
     rows = prediction_rows(backend)

@@ -27,6 +27,10 @@ class TrainConfig:
     widths: tuple[int, ...] = (24, 48, 96, 192)
     blocks: tuple[int, ...] = (1, 1, 2, 1)
     dropout: float = 0.3
+    # Polyak averaging of the weights (Keras' optimizer EMA, momentum per step; 0: off): the
+    # validation figure of a ~100-step epoch jumps by 5 points from epoch to epoch without it.
+    ema: float = 0.0
+    mixup: float = 0.0  # mixup's Beta(alpha, alpha) over pairs of a batch; 0: off
     loss_weights: dict = field(default_factory=lambda: {"master_category": 0.5, "sub_category": 0.75,
                                                         "article_type": 1.0})
 
@@ -89,8 +93,21 @@ def _augment_batch(images, seed_stream):
     return tf.image.random_crop(padded, tf.shape(images), seed=seed_stream + 1)
 
 
+def _mixup(images, labels, alpha: float, seed: int):
+    """Each image blended with another of its batch (the batch reversed), labels likewise, by a
+    weight drawn from Beta(alpha, alpha) per batch; images stay uint8, as the model takes them."""
+    import tensorflow as tf
+
+    a = tf.random.gamma([], alpha, seed=seed)
+    b = tf.random.gamma([], alpha, seed=seed + 1)
+    lam = a / (a + b)
+    mixed = lam * tf.cast(images, tf.float32) + (1 - lam) * tf.cast(tf.reverse(images, [0]), tf.float32)
+    return (tf.cast(tf.round(mixed), tf.uint8),
+            {h: lam * y + (1 - lam) * tf.reverse(y, [0]) for h, y in labels.items()})
+
+
 def _dataset(images: Images, indices: np.ndarray, targets: dict[str, np.ndarray], num_classes: dict[str, int],
-             batch: int, training: bool, seed: int):
+             batch: int, training: bool, seed: int, mixup: float = 0.0):
     """(images, one-hot labels per head) batches streamed from ``images``; labels are looked up
     by row index, one-hot encoded per batch (never a [N, classes] matrix in memory)."""
     import tensorflow as tf
@@ -104,6 +121,8 @@ def _dataset(images: Images, indices: np.ndarray, targets: dict[str, np.ndarray]
     ds = ds.batch(batch, drop_remainder=training and len(indices) > batch)
     if training:
         ds = ds.map(lambda images, y: (_augment_batch(images, seed), y), num_parallel_calls=tf.data.AUTOTUNE)
+        if mixup > 0:
+            ds = ds.map(lambda images, y: _mixup(images, y, mixup, seed), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
@@ -152,12 +171,14 @@ def train_classifier(
         warmup_steps=max(1, steps // 20),
     )
     model.compile(
-        optimizer=keras.optimizers.AdamW(schedule, weight_decay=config.weight_decay),
+        optimizer=keras.optimizers.AdamW(schedule, weight_decay=config.weight_decay, use_ema=config.ema > 0,
+                                         ema_momentum=config.ema or 0.99),
         loss={h: keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing) for h in HEADS},
         loss_weights=config.loss_weights,
         metrics={h: ["accuracy"] for h in HEADS},
     )
-    train_ds = _dataset(images, train_index, targets, num_classes, config.batch_size, True, config.seed)
+    train_ds = _dataset(images, train_index, targets, num_classes, config.batch_size, True, config.seed,
+                        config.mixup)
     val_ds = _dataset(images, val_index, targets, num_classes, config.batch_size, False, config.seed)
 
     class Progress(keras.callbacks.Callback):
@@ -167,7 +188,10 @@ def train_classifier(
             log(f"epoch {epoch + 1}/{config.epochs}: loss {logs.get('loss', 0):.3f}, val accuracy {accs}, "
                 f"{time.monotonic() - started:.0f}s")
 
-    callbacks = [Progress()]
+    # With EMA, the averaged weights are in the model at each epoch's end (so the figures, early
+    # stopping and the saved model are the averaged ones) and swapped out while it trains.
+    callbacks = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if config.ema > 0 else []
+    callbacks.append(Progress())
     if len(val_index):
         # Not before half-way: early in the cosine schedule a small validation set can score a
         # lucky epoch (the 1,168-image sample stopped at epoch 10 on epoch 2's weights).
