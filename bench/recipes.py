@@ -25,7 +25,8 @@ import dagster as dg
 from common import DEFAULT_DATASET, QUIET
 
 from fashion_assets.classifier import train
-from fashion_assets.classifier.build import BuildSettings, build_version, catalog_rows
+from fashion_assets.classifier.build import BuildSettings, build_version
+from fashion_assets.classifier.rows import catalog_rows
 from fashion_assets.classifier.cache import build_cache, catalog_photos
 from fashion_assets.classifier.labels import HEADS
 

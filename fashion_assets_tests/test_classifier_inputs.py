@@ -11,7 +11,8 @@ from PIL import Image
 from fashion_assets import layout
 from fashion_assets.catalog.assets import product_images, products
 from fashion_assets.classifier.assets import classifier_inputs, fashion_classifier
-from fashion_assets.classifier.build import catalog_rows, training_images
+from fashion_assets.classifier.cache import training_images
+from fashion_assets.classifier.rows import catalog_rows
 from fashion_assets.classifier.cache import CacheMiss, CachedImages, catalog_photos, read_index, record_dtype
 from fashion_assets.classifier.data import StoreImages
 

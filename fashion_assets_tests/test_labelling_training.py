@@ -17,7 +17,7 @@ from .test_labelling import QUIET, SET_IDS, annotation, meta, studio_export
 
 def test_the_classifier_trains_on_peoples_labels_where_there_are_any(tmp_path):
     from fashion_assets.classifier.assets import fashion_classifier
-    from fashion_assets.classifier.build import catalog_rows, prefer_human_labels
+    from fashion_assets.classifier.rows import catalog_rows, prefer_human_labels
 
     from .conftest import embedded_backend
 

@@ -19,7 +19,7 @@ from fashion_assets.catalog.duplicates import Product, close_pairs, name_stem, n
 from fashion_assets.catalog.tables import product_images as images_table
 from fashion_assets.classifier import artifacts
 from fashion_assets.classifier.assets import fashion_classifier
-from fashion_assets.classifier.build import catalog_rows
+from fashion_assets.classifier.rows import catalog_rows
 from fashion_assets.classifier.data import ArrayImages, StoreImages
 from fashion_assets.classifier.labels import HEADS, build_vocabularies, encode_targets
 from fashion_assets.classifier.train import TrainConfig, hold_out_newest, split_by_group, train_classifier

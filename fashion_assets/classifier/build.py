@@ -14,16 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-import sqlalchemy as sa
 
 from .. import layout
-from ..catalog.tables import product_images, products
 from ..core.storage import ObjectStore, md5_hex
 from .labels import DEFAULT_MIN_EXAMPLES, HEADS, build_vocabularies, encode_targets, vocabularies_from_classes
-
-
-class NotEnoughImages(ValueError):
-    """The catalog has too few images with a product to train or evaluate on."""
+from .rows import NotEnoughImages, TrainingRows
 
 
 @dataclass
@@ -42,28 +37,6 @@ class BuildSettings:
     # Per head, the auto-tag threshold is the lowest calibrated confidence at which the
     # validation precision reaches this (classifier.calibration).
     autotag_precision: float = 0.97
-
-
-@dataclass
-class TrainingRows:
-    """The rows a model learns from and is measured on, and where they came from (lineage).
-
-    Each row: ``id``, ``key`` (its image in the store), the three head labels, ``variant`` (0
-    for an original image, k for an augmented copy) and ``group`` (near-duplicates share one;
-    default the product id)."""
-
-    rows: list[dict]
-    source: dict  # {"source": "catalog"} or {"source": "image_set", "image_set": ..., ...}
-    # head -> {"human": n, "catalog": n}: where the original images' labels came from
-    # (``prefer_human_labels``); empty until it ran.
-    label_sources: dict[str, dict[str, int]] = field(default_factory=dict)
-
-    @property
-    def describe(self) -> str:
-        if self.source["source"] == "catalog":
-            return "the catalog"
-        extra = f" + augmented set {self.source['augmented_spec']}" if self.source.get("augmented_spec") else ""
-        return f"image set {self.source['image_set']!r}{extra}"
 
 
 @dataclass
@@ -99,145 +72,6 @@ class BuildResult:
         return min(self.metrics[h]["accuracy"] for h in HEADS)
 
 
-def catalog_rows(engine: sa.Engine) -> TrainingRows:
-    """Every catalog image with a product, in id order."""
-    group = sa.func.coalesce(product_images.c.near_duplicate_group, product_images.c.id).label("group")
-    query = (
-        sa.select(product_images.c.id, product_images.c.key, product_images.c.md5, *[products.c[h] for h in HEADS],
-                  group)
-        .select_from(product_images.join(products, products.c.id == product_images.c.id))
-        .order_by(product_images.c.id)
-    )
-    with engine.connect() as conn:
-        rows = [dict(r, variant=0) for r in conn.execute(query).mappings()]
-    return TrainingRows(rows, {"source": "catalog"})
-
-
-def prefer_human_labels(training: TrainingRows, engine: sa.Engine) -> TrainingRows:
-    """Each row's label per head from table ``labels`` (what people said, imported from a
-    labelling tool) where there is one, the catalog's otherwise; an augmented copy takes its
-    original's. Counts, on original images, how many labels of each kind (``label_sources``)."""
-    from ..labelling.table import human_labels
-
-    human = human_labels(engine)
-    counts = {h: {"human": 0, "catalog": 0} for h in HEADS}
-    rows = []
-    for row in training.rows:
-        row = dict(row)
-        for head in HEADS:
-            label = human.get((row["id"], head))
-            if label is not None:
-                row[head] = label
-            if row["variant"] == 0:
-                counts[head]["human" if label is not None else "catalog"] += 1
-        rows.append(row)
-    return TrainingRows(rows, training.source, counts)
-
-
-def near_duplicate_groups_of(engine: sa.Engine, ids: list[int]) -> dict[int, int]:
-    """The group of near-duplicates of each of ``ids`` (table product_images; its own id if none)."""
-    query = sa.select(product_images.c.id, product_images.c.near_duplicate_group).where(
-        product_images.c.id.in_(sa.bindparam("ids", expanding=True)))
-    found: dict[int, int] = {}
-    with engine.connect() as conn:
-        for start in range(0, len(ids), 1000):
-            for product_id, group in conn.execute(query, {"ids": ids[start:start + 1000]}):
-                if group is not None:
-                    found[product_id] = group
-    return {i: found.get(i, i) for i in ids}
-
-
-def set_rows(store: ObjectStore, name: str, use_augmented: bool = False,
-             engine: sa.Engine | None = None) -> TrainingRows:
-    """The images of one image set (what a user's SQL selected), and with ``use_augmented`` its
-    newest augmented copies, labelled from the set's manifest; a copy is in its source's group,
-    so it is never on the other side of the split from its original."""
-    from ..augmented_sets.build import latest_digest, read_augmented_manifest
-    from ..image_sets.export import read_manifest
-
-    if not store.exists(layout.manifest(name)):
-        raise NotEnoughImages(f"image set {name!r} has no manifest ({store.uri(layout.manifest(name))}): "
-                              f"materialise image_set[{name}] first")
-    manifest_bytes = store.get_bytes(layout.manifest(name))
-    manifest = read_manifest(store, name).select(["id", "key", *HEADS]).to_pylist()
-    groups = near_duplicate_groups_of(engine, [r["id"] for r in manifest]) if engine is not None else {}
-    rows = [dict(r, variant=0, group=groups.get(r["id"], r["id"])) for r in manifest]
-    source = {"source": "image_set", "image_set": name, "manifest_md5": md5_hex(manifest_bytes),
-              "augmented_spec": None}
-    if use_augmented:
-        if not store.exists(layout.augmented_latest(name)):
-            raise NotEnoughImages(f"image set {name!r} has no augmented set: materialise augmented_set[{name}] first")
-        digest = latest_digest(store, name)
-        labels = {r["id"]: r for r in manifest}
-        for copy in read_augmented_manifest(store, name, digest).select(["id", "variant", "key"]).to_pylist():
-            if copy["id"] in labels:
-                rows.append({**labels[copy["id"]], "key": copy["key"], "variant": copy["variant"] + 1,
-                             "group": groups.get(copy["id"], copy["id"])})
-        source["augmented_spec"] = digest
-    return TrainingRows(rows, source)
-
-
-def training_images(store: ObjectStore, rows: list[dict], image_size: int, io_workers: int,
-                    log: Callable[[str], None]):
-    """The rows' images and where they come from: the input cache (``classifier_inputs``) when
-    it holds every row's photo as it is now, else streamed from the store and decoded as needed
-    (an image set's augmented copies, a size the cache was not built at, a stale cache). Either
-    way memory does not grow with the catalog."""
-    from .cache import CacheMiss, CachedImages
-    from .data import StoreImages
-
-    if rows and all(r.get("md5") and r["variant"] == 0 for r in rows):
-        try:
-            images = CachedImages(store, image_size, [r["id"] for r in rows], [r["md5"] for r in rows])
-            log(f"Reading the images from the input cache at {image_size}px "
-                f"({store.uri(layout.model_inputs(image_size))})")
-            return images, f"classifier_inputs {image_size}px"
-        except CacheMiss as exc:
-            log(f"Decoding the JPEGs instead of reading the input cache: {exc}")
-    return StoreImages(store.get_bytes, [r["key"] for r in rows], image_size, io_workers), "store JPEGs"
-
-
-def trust_figures(calibration: dict | None, parts: dict[str, tuple[dict, dict]]) -> dict[str, dict[str, dict]]:
-    """Per head and part (validation, unseen range): the expected calibration error before and
-    after the temperature, and the precision and coverage of the automatic tags."""
-    from .calibration import automatic, expected_calibration_error
-
-    labels = {"calibration": calibration} if calibration else {}
-    out: dict[str, dict[str, dict]] = {h: {} for h in HEADS}
-    for part, (probs, truth) in parts.items():
-        for head in HEADS:
-            keep = truth[head] >= 0
-            raw, y = probs[head][keep], truth[head][keep]
-            calibrated = _calibrated(raw, labels, head)
-            auto = automatic(calibrated.max(1), labels, head)
-            right = calibrated.argmax(1) == y
-            out[head][part] = {
-                "images": int(len(y)),
-                "ece_before": round(expected_calibration_error(raw, y), 4),
-                "ece_after": round(expected_calibration_error(calibrated, y), 4),
-                "precision": round(float(right[auto].mean()), 4) if auto.any() else None,
-                "coverage": round(float(auto.mean()), 4) if len(y) else 0.0,
-            }
-    return out
-
-
-def _calibrated(p: np.ndarray, labels: dict, head: str) -> np.ndarray:
-    from .calibration import calibrated
-
-    return calibrated({head: p}, labels)[head]
-
-
-def describe_trust(calibration: dict | None, trust: dict, head: str) -> str:
-    entry = (calibration or {}).get(head) or {}
-    parts = [f"temperature {entry.get('temperature', 1.0):.3f}",
-             "never automatic" if entry.get("threshold") is None else f"auto-tag threshold {entry['threshold']:.4f}"]
-    for part, f in trust[head].items():
-        precision = "-" if f["precision"] is None else f"{f['precision']:.4f}"
-        parts.append(f"{part}: ECE {f['ece_before']:.4f} -> {f['ece_after']:.4f}, auto precision {precision} "
-                     f"on {f['coverage']:.1%}")
-    return "; ".join(parts)
-
-
 def use_gpu_if_any(log: Callable[[str], None]) -> None:
     import keras
     import tensorflow as tf
@@ -266,7 +100,8 @@ def build_version(
     images only, never on augmented copies.
     """
     from . import artifacts
-    from .calibration import fit_head
+    from .cache import training_images
+    from .calibration import describe_trust, fit_head, trust_figures
     from .data import predict_in_order
     from .evaluate import confusion_png, head_metrics, precision_coverage_png
     from .train import hold_out_newest, recipe, split_by_group, train_classifier

@@ -232,3 +232,22 @@ class CachedImages:
         if shuffle_seed is not None:
             ds = ds.shuffle(min(len(indices), SHUFFLE_BUFFER), seed=shuffle_seed, reshuffle_each_iteration=True)
         return ds.apply(tf.data.experimental.assert_cardinality(len(indices)))
+
+
+def training_images(store: ObjectStore, rows: list[dict], image_size: int, io_workers: int,
+                    log: Callable[[str], None]):
+    """The rows' images and where they come from: the input cache (``classifier_inputs``) when
+    it holds every row's photo as it is now, else streamed from the store and decoded as needed
+    (an image set's augmented copies, a size the cache was not built at, a stale cache). Either
+    way memory does not grow with the catalog."""
+    from .data import StoreImages
+
+    if rows and all(r.get("md5") and r["variant"] == 0 for r in rows):
+        try:
+            images = CachedImages(store, image_size, [r["id"] for r in rows], [r["md5"] for r in rows])
+            log(f"Reading the images from the input cache at {image_size}px "
+                f"({store.uri(layout.model_inputs(image_size))})")
+            return images, f"classifier_inputs {image_size}px"
+        except CacheMiss as exc:
+            log(f"Decoding the JPEGs instead of reading the input cache: {exc}")
+    return StoreImages(store.get_bytes, [r["key"] for r in rows], image_size, io_workers), "store JPEGs"

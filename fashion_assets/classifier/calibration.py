@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .labels import HEADS
+
 CALIBRATION = "calibration"  # the labels.json key
 EPS = 1e-12  # log(0) guard: a probability the model rounded to 0 stays the least likely class
 # Temperatures searched: from sharpening 4x to flattening 20x; beyond that a head is broken.
@@ -168,3 +170,40 @@ def automatic(confidence: np.ndarray, labels: Mapping, head: str) -> np.ndarray:
     # The table and the gateway keep 5 decimals: compare at that precision, so a stored
     # confidence equal to the threshold reads back as automatic too.
     return np.round(confidence, 5) >= round(threshold, 5)
+
+
+def trust_figures(calibration: dict | None, parts: dict[str, tuple[dict, dict]]) -> dict[str, dict[str, dict]]:
+    """Per head and part (validation, unseen range): the expected calibration error before and
+    after the temperature, and the precision and coverage of the automatic tags."""
+    labels = {"calibration": calibration} if calibration else {}
+    out: dict[str, dict[str, dict]] = {h: {} for h in HEADS}
+    for part, (probs, truth) in parts.items():
+        for head in HEADS:
+            keep = truth[head] >= 0
+            raw, y = probs[head][keep], truth[head][keep]
+            calibrated = _calibrated(raw, labels, head)
+            auto = automatic(calibrated.max(1), labels, head)
+            right = calibrated.argmax(1) == y
+            out[head][part] = {
+                "images": int(len(y)),
+                "ece_before": round(expected_calibration_error(raw, y), 4),
+                "ece_after": round(expected_calibration_error(calibrated, y), 4),
+                "precision": round(float(right[auto].mean()), 4) if auto.any() else None,
+                "coverage": round(float(auto.mean()), 4) if len(y) else 0.0,
+            }
+    return out
+
+
+def _calibrated(p: np.ndarray, labels: dict, head: str) -> np.ndarray:
+    return calibrated({head: p}, labels)[head]
+
+
+def describe_trust(calibration: dict | None, trust: dict, head: str) -> str:
+    entry = (calibration or {}).get(head) or {}
+    parts = [f"temperature {entry.get('temperature', 1.0):.3f}",
+             "never automatic" if entry.get("threshold") is None else f"auto-tag threshold {entry['threshold']:.4f}"]
+    for part, f in trust[head].items():
+        precision = "-" if f["precision"] is None else f"{f['precision']:.4f}"
+        parts.append(f"{part}: ECE {f['ece_before']:.4f} -> {f['ece_after']:.4f}, auto precision {precision} "
+                     f"on {f['coverage']:.1%}")
+    return "; ".join(parts)

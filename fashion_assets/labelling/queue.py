@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from ..catalog.tables import products
-from ..classifier.build import near_duplicate_groups_of
+from ..classifier.rows import near_duplicate_groups_of
 from ..classifier.labels import HEADS, OTHER
 from ..predictions.table import predictions as predictions_table
 
