@@ -85,3 +85,18 @@ def test_a_model_without_calibration_is_used_as_it_is_and_never_automatic():
     assert automatic(np.array([0.999]), {"calibration": {"article_type": {"temperature": 2.0, "threshold": None}}},
                      "article_type").tolist() == [False]
     assert HeadCalibration(1.23456789, 0.987654321).to_json() == {"temperature": 1.234568, "threshold": 0.987654}
+
+
+def test_the_split_keeps_blocks_of_neighbouring_ids_whole():
+    """A style's colours get neighbouring ids: the validation split keeps blocks of consecutive
+    (group-first) ids whole, at most 1/20 of the id range, so a small selection still splits."""
+    from fashion_assets.classifier.train import split_by_group, split_groups
+
+    groups = np.array([10_000, 10_001, 10_063, 10_064, 10_200, 12_000, 19_999])
+    assert split_groups(groups, 64).tolist() == [156, 156, 157, 157, 159, 187, 312]  # id // 64
+    assert split_groups(groups, 1).tolist() == groups.tolist()
+    assert split_groups(np.arange(1, 41), 64).tolist() == (np.arange(1, 41) // 2).tolist()  # 40 ids: blocks of 2
+    ids = np.arange(10_000, 20_000)
+    train, val = split_by_group(split_groups(ids, 64).tolist(), 0.15, 1)
+    blocks_val = set((ids[val] // 64).tolist())
+    assert not blocks_val & set((ids[train] // 64).tolist()) and 0.13 < len(val) / len(ids) < 0.17

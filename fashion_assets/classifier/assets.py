@@ -33,6 +33,9 @@ class ClassifierConfig(dg.Config):
     """Classes with fewer training images are folded into 'other'."""
     validation_fraction: float = BuildSettings.validation_fraction
     """Share of the groups of near-duplicates held out for the validation figure."""
+    split_block: int = BuildSettings.split_block
+    """The validation split keeps blocks of this many consecutive product ids whole (a style's
+    colours get neighbouring ids and are not always alike enough to be grouped); 1: groups only."""
     unseen_fraction: float = BuildSettings.unseen_fraction
     """Share of the newest product ids held out of training for the harsher 'unseen range' figure."""
     seed: int = BuildSettings.seed
@@ -146,7 +149,8 @@ def fashion_classifier(
             "unseen_images": result.unseen_images,
             "figures": dg.MetadataValue.md(
                 "*validation*: products of groups of near-duplicates the model never saw, drawn from the whole "
-                f"catalog ({config.validation_fraction:.0%} of the groups). *unseen range*: the newest "
+                f"catalog ({config.validation_fraction:.0%} of the groups, in blocks of {config.split_block} "
+                "consecutive ids); temperatures and auto-tag thresholds are fitted on it. *unseen range*: the newest "
                 f"{config.unseen_fraction:.0%} of product ids (>= {result.unseen_first_id:,}), never trained on: "
                 "the harsher figure, closer to what new products get."),
             "trained_on": dg.MetadataValue.json({**result.source, "images": result.training_images}),

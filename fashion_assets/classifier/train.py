@@ -55,6 +55,19 @@ def split_by_group(groups: Sequence[int], fraction: float, seed: int) -> tuple[n
     return np.flatnonzero(~in_val).astype(np.int64), np.flatnonzero(in_val).astype(np.int64)
 
 
+MIN_BLOCKS = 20  # a split block is at most 1/20 of the id range: a small selection still splits
+
+
+def split_groups(groups: Sequence[int], block: int = 1) -> np.ndarray:
+    """The unit the split keeps whole: each row's group of near-duplicates (its smallest product
+    id), coarsened to blocks of ``block`` consecutive ids of that first id, or of 1/20 of the
+    groups' id range where that is smaller."""
+    groups = np.asarray(groups, dtype=np.int64)
+    if len(groups):
+        block = min(block, int(groups.max() - groups.min() + 1) // MIN_BLOCKS)
+    return groups if block <= 1 else groups // block
+
+
 def hold_out_newest(ids: Sequence[int], groups: Sequence[int], fraction: float) -> tuple[np.ndarray, np.ndarray, int]:
     """(kept rows, held-out rows, first held-out id): the newest ``fraction`` of product ids (ids
     grow as products are added) are held out of training and validation altogether, to measure
