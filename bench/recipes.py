@@ -41,6 +41,9 @@ RECIPES = {
     "ema-96px-mixup": dict(ema=0.99, image_size=96, mixup=0.2),
     "ema-80px-wide": dict(ema=0.99, image_size=80, widths=(32, 64, 128, 256)),
     "ema-64px-45ep": dict(ema=0.99, epochs=45, patience=12),
+    "ema-balanced": dict(ema=0.99, balance=0.5),
+    "ema-balanced-mixup": dict(ema=0.99, balance=0.5, mixup=0.2),
+    "balanced": dict(balance=0.5),
     "quality": "quality",
 }
 

@@ -31,6 +31,9 @@ class TrainConfig:
     # validation figure of a ~100-step epoch jumps by 5 points from epoch to epoch without it.
     ema: float = 0.0
     mixup: float = 0.0  # mixup's Beta(alpha, alpha) over pairs of a batch; 0: off
+    # Class-balanced loss for the long tail: a class's examples weigh n_c ** -balance (mean weight
+    # 1 over the training images); 0: off, 1: inverse frequency.
+    balance: float = 0.0
     loss_weights: dict = field(default_factory=lambda: {"master_category": 0.5, "sub_category": 0.75,
                                                         "article_type": 1.0})
 
@@ -119,8 +122,17 @@ def _mixup(images, labels, alpha: float, seed: int):
             {h: lam * y + (1 - lam) * tf.reverse(y, [0]) for h, y in labels.items()})
 
 
+def class_weights(targets: np.ndarray, num_classes: int, balance: float) -> np.ndarray:
+    """Per class, ``n_c ** -balance`` scaled so the training images' mean weight is 1 (a class
+    with no training image weighs 0)."""
+    counts = np.bincount(targets[targets >= 0], minlength=num_classes).astype(np.float64)
+    weights = np.where(counts > 0, np.maximum(counts, 1) ** -balance, 0.0)
+    mean = (weights * counts).sum() / max(counts.sum(), 1)
+    return (weights / mean if mean else weights).astype(np.float32)
+
+
 def _dataset(images: Images, indices: np.ndarray, targets: dict[str, np.ndarray], num_classes: dict[str, int],
-             batch: int, training: bool, seed: int, mixup: float = 0.0):
+             batch: int, training: bool, seed: int, mixup: float = 0.0, balance: float = 0.0):
     """(images, one-hot labels per head) batches streamed from ``images``; labels are looked up
     by row index, one-hot encoded per batch (never a [N, classes] matrix in memory)."""
     import tensorflow as tf
@@ -136,6 +148,10 @@ def _dataset(images: Images, indices: np.ndarray, targets: dict[str, np.ndarray]
         ds = ds.map(lambda images, y: (_augment_batch(images, seed), y), num_parallel_calls=tf.data.AUTOTUNE)
         if mixup > 0:
             ds = ds.map(lambda images, y: _mixup(images, y, mixup, seed), num_parallel_calls=tf.data.AUTOTUNE)
+        if balance > 0:  # sample weights per head, from the (possibly mixed) one-hot labels
+            weights = {h: tf.constant(class_weights(targets[h][indices], num_classes[h], balance)) for h in HEADS}
+            ds = ds.map(lambda images, y: (images, y, {h: tf.reduce_sum(y[h] * weights[h], -1) for h in HEADS}),
+                        num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
@@ -191,7 +207,7 @@ def train_classifier(
         metrics={h: ["accuracy"] for h in HEADS},
     )
     train_ds = _dataset(images, train_index, targets, num_classes, config.batch_size, True, config.seed,
-                        config.mixup)
+                        config.mixup, config.balance)
     val_ds = _dataset(images, val_index, targets, num_classes, config.batch_size, False, config.seed)
 
     class Progress(keras.callbacks.Callback):
