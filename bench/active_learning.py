@@ -67,13 +67,9 @@ from fashion_assets.classifier.calibration import automatic, calibrated, fit_hea
 from fashion_assets.classifier.data import ArrayImages, predict_in_order
 from fashion_assets.classifier.evaluate import head_metrics
 from fashion_assets.classifier.labels import DEFAULT_MIN_EXAMPLES, HEADS, build_vocabularies, encode_targets
+from fashion_assets.classifier.rows import catalog_rows
 from fashion_assets.labelling import queue
 from fashion_assets.predictions.inference import top_classes
-
-try:
-    from fashion_assets.classifier.rows import catalog_rows
-except ImportError:  # before classifier/rows.py existed
-    from fashion_assets.classifier.build import catalog_rows
 
 QUEUES = ("doubt", "doubt-margin-only", "random")
 MODELS = ("m0", *QUEUES)
