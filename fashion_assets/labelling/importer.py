@@ -8,6 +8,12 @@ file and against what the table already holds (by the annotation's ``updated_at`
 ``created_at``). Products the catalog lacks and classes the catalog does not have for that head
 are counted and listed, not written, and do not stop the rest: one bad task must not cost a
 team's day of work. The table changes in one transaction.
+
+The file's shape is not trusted (:func:`task_answers`): a field the import reads that has the
+wrong type refuses its whole task (counted, named with the reason, nothing of it written); the
+other tasks go in; if every task is refused, the import raises. Ids are 64-bit integers, or
+strings of their digits (Label Studio keeps a CSV import's strings): ``12.7``, ``1e20``, ``true``
+or ``"12.0"`` are refused, never truncated or rounded. Dates: ISO 8601 strings (no offset: UTC).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import collections
 import datetime as dt
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +32,10 @@ from ..catalog.tables import products
 from ..classifier.labels import HEADS
 from .table import ensure_labels_table, labels
 
-LIST_LIMIT = 50  # unknown ids and classes listed (all are counted)
+LIST_LIMIT = 50  # unknown ids and classes, and refused tasks, listed (all are counted)
+ID_MIN, ID_MAX = -(2**63), 2**63 - 1  # ids are 64-bit integers, as in the tables (BIGINT)
+ID_RULE = "a 64-bit integer, or a string of its digits"
+_DIGITS = re.compile(r"-?[0-9]{1,19}")  # no sign but '-', no spaces, no decimal point or exponent
 
 
 @dataclass
@@ -41,6 +51,8 @@ class ImportResult:
     unknown_id_answers: int = 0
     unknown_classes: dict[str, int] = field(default_factory=dict)  # "head: label" -> answers
     per_head: dict[str, int] = field(default_factory=dict)  # rows written per head
+    refused_tasks: int = 0  # tasks of the wrong shape: nothing of them written
+    refused: list[str] = field(default_factory=list)  # "task 7: why", the first LIST_LIMIT of them
 
     def summary(self) -> str:
         text = (f"{self.file}: {self.tasks:,} tasks, {self.annotations:,} annotations ({self.cancelled:,} cancelled "
@@ -53,29 +65,150 @@ class ImportResult:
         if self.unknown_classes:
             text += "; unknown classes skipped: " + ", ".join(
                 f"{k} ({n})" for k, n in list(self.unknown_classes.items())[:LIST_LIMIT])
+        if self.refused_tasks:
+            more = self.refused_tasks - len(self.refused)
+            text += f"; {self.refused_tasks:,} tasks refused, nothing of them written:" + "".join(
+                f"\n  {line}" for line in self.refused) + (f"\n  ... and {more:,} more" if more else "")
         return text
 
 
-def _timestamp(value: str | None, where: str) -> dt.datetime:
-    if not value:
-        raise ValueError(f"{where}: an annotation without created_at")
+class BadTask(ValueError):
+    """A task whose fields do not have the shape of Label Studio's export; the message says where."""
+
+
+def _shown(value: object) -> str:
+    """A value as the JSON file has it, cut to 60 characters."""
     try:
-        stamp = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(f"{where}: created_at {value!r} is not a date and time") from None
-    return stamp if stamp.tzinfo else stamp.replace(tzinfo=dt.timezone.utc)
+        text = json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _annotator(annotation: dict) -> str:
+def _bad(where: str, value: object, what: str) -> BadTask:  # "data.product_id is 12.7, not a product id (...)"
+    return BadTask(f"{where} is {_shown(value)}, not {what}")
+
+
+def _object(value: object, where: str) -> dict:
+    if not isinstance(value, dict):
+        raise _bad(where, value, "an object")
+    return value
+
+
+def _array(value: object, where: str) -> list:
+    """An array; absent (null) is an empty one."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise _bad(where, value, "an array")
+    return value
+
+
+def _id(value: object, where: str, what: str) -> int:
+    """A 64-bit integer, or a string of its decimal digits; never a float, a boolean or a rounded value."""
+    number = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str) and _DIGITS.fullmatch(value):
+        number = int(value)
+    if number is None or not ID_MIN <= number <= ID_MAX:
+        raise _bad(where, value, f"{what} ({ID_RULE})")
+    return number
+
+
+def _timestamp(value: object, where: str) -> dt.datetime:
+    """An ISO 8601 date and time, in UTC (no offset: UTC)."""
+    try:
+        stamp = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))  # type: ignore[union-attr]
+        return (stamp if stamp.tzinfo else stamp.replace(tzinfo=dt.timezone.utc)).astimezone(dt.timezone.utc)
+    except (AttributeError, ValueError, OverflowError):  # not a string; not a date; past year 9999
+        raise _bad(where, value, "a date and time (ISO 8601)") from None
+
+
+def _annotator(annotation: dict, where: str) -> str:
     who = annotation.get("completed_by")
     if isinstance(who, dict):
-        return str(who.get("email") or who.get("username") or who.get("id"))
-    if annotation.get("created_username"):  # "email, id" in Label Studio's JSON export
-        return str(annotation["created_username"]).split(",")[0].strip()
+        for key in ("email", "username", "id"):
+            value = who.get(key)
+            if isinstance(value, bool) or not isinstance(value, (str, int, type(None))):
+                raise _bad(f"{where}.completed_by.{key}", value, "a string or a number")
+            if value or value == 0:
+                return str(value)
+        return "unknown"
+    if isinstance(who, bool) or not isinstance(who, (str, int, type(None))):
+        raise _bad(f"{where}.completed_by", who, "a user (an id, an e-mail or an object)")
+    named = annotation.get("created_username")
+    if named is not None and not isinstance(named, str):
+        raise _bad(f"{where}.created_username", named, "a string")
+    if named:  # "email, id" in Label Studio's JSON export
+        return named.split(",")[0].strip()
     return str(who) if who is not None else "unknown"
 
 
-def read_export(file: str | os.PathLike) -> list[dict]:
+def _region_answers(region: object, where: str) -> list[tuple[str, str]]:
+    """``(head, label)`` of one result region: a single choice of one of our heads; other
+    controls' regions hold none."""
+    region = _object(region, where)
+    kind = region.get("type")
+    if not isinstance(kind, str):
+        raise _bad(f"{where}.type", kind, "a string")
+    if kind != "choices":
+        return []
+    head = region.get("from_name")
+    if not isinstance(head, str):
+        raise _bad(f"{where}.from_name", head, "a string")
+    if head not in HEADS:
+        return []
+    choices = _object(region.get("value"), f"{where}.value").get("choices")
+    if not isinstance(choices, list) or not all(isinstance(c, str) for c in choices):
+        raise _bad(f"{where}.value.choices", choices, "an array of strings")
+    if len(choices) > 1:
+        raise _bad(f"{where}.value.choices", choices, f"one choice ({head} is single-choice)")
+    return [(head, label) for label in choices]
+
+
+def task_answers(task: object, number: int, file: str) -> tuple[list[dict], int, int]:
+    """``(answers, annotations, cancelled)`` of the ``number``-th task (from 1), or
+    :class:`BadTask` naming the task (by id, else ``#number``) and the first field of the wrong type."""
+    name = f"task #{number}"
+    if not isinstance(task, dict):
+        raise BadTask(f"{file}: {name}: the task is {_shown(task)}, not an object")
+    try:
+        task_id = None if task.get("id") is None else _id(task["id"], "id", "a task id")
+    except BadTask as exc:
+        raise BadTask(f"{file}: {name}: {exc}") from None
+    name = name if task_id is None else f"task {task_id}"
+    try:
+        data = _object(task.get("data"), "data")
+        if data.get("product_id") is None:
+            raise BadTask("no data.product_id (export the set with `fashion-assets export`)")
+        product_id = _id(data["product_id"], "data.product_id", "a product id")
+        found, submitted, cancelled = [], 0, 0
+        for a, annotation in enumerate(_array(task.get("annotations"), "annotations")):
+            where = f"annotations[{a}]"
+            annotation = _object(annotation, where)
+            skipped = annotation.get("was_cancelled")
+            if skipped is not None and not isinstance(skipped, bool):
+                raise _bad(f"{where}.was_cancelled", skipped, "true or false")
+            if skipped:
+                cancelled += 1
+                continue
+            submitted += 1
+            stamps = {k: _timestamp(annotation[k], f"{where}.{k}") for k in ("updated_at", "created_at")
+                      if annotation.get(k) is not None}
+            if not stamps:
+                raise BadTask(f"{where} has neither updated_at nor created_at")
+            who = _annotator(annotation, where)
+            for r, region in enumerate(_array(annotation.get("result"), f"{where}.result")):
+                for head, label in _region_answers(region, f"{where}.result[{r}]"):
+                    found.append({"id": product_id, "head": head, "label": label, "annotator": who,
+                                  "task_id": task_id, "created_at": stamps.get("updated_at", stamps.get("created_at"))})
+    except BadTask as exc:
+        raise BadTask(f"{file}: {name}: {exc}") from None
+    return found, submitted, cancelled
+
+
+def read_export(file: str | os.PathLike) -> list:
     path = Path(file)
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
@@ -83,34 +216,34 @@ def read_export(file: str | os.PathLike) -> list[dict]:
         raise ValueError(f"{str(path)!r}: no such file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ValueError(f"{str(path)!r}: cannot read it: {exc}") from None
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, RecursionError) as exc:
         raise ValueError(f"{str(path)!r}: not JSON ({exc})") from None
-    if not isinstance(document, list) or not all(isinstance(t, dict) for t in document):
+    if not isinstance(document, list):
         raise ValueError(f"{str(path)!r}: not a Label Studio JSON export (a list of tasks)")
     return document
 
 
-def answers_in(tasks: list[dict], file: str) -> tuple[list[dict], ImportResult]:
-    """Every (product, head, label, annotator, task, time) the annotations hold."""
+def answers_in(tasks: list, file: str) -> tuple[list[dict], ImportResult]:
+    """Every (product, head, label, annotator, task, time) the annotations of the well-formed
+    tasks hold; the others counted and named in the result. Raises ``ValueError`` when there were
+    tasks and every one was refused."""
     result = ImportResult(file=file, tasks=len(tasks))
     found = []
     for number, task in enumerate(tasks, 1):
-        where = f"{file}: task {task.get('id', f'#{number}')}"
-        product_id = (task.get("data") or {}).get("product_id")
-        if product_id is None:
-            raise ValueError(f"{where}: no data.product_id (export the set with `fashion-assets export`)")
-        for annotation in task.get("annotations") or []:
-            if annotation.get("was_cancelled"):
-                result.cancelled += 1
-                continue
-            result.annotations += 1
-            stamp = _timestamp(annotation.get("updated_at") or annotation.get("created_at"), where)
-            for region in annotation.get("result") or []:
-                if region.get("type") != "choices" or region.get("from_name") not in HEADS:
-                    continue
-                for label in (region.get("value") or {}).get("choices") or []:
-                    found.append({"id": int(product_id), "head": region["from_name"], "label": label,
-                                  "annotator": _annotator(annotation), "task_id": task.get("id"), "created_at": stamp})
+        try:
+            answers, submitted, cancelled = task_answers(task, number, file)
+        except BadTask as exc:
+            result.refused_tasks += 1
+            if len(result.refused) < LIST_LIMIT:
+                result.refused.append(str(exc).removeprefix(f"{file}: "))
+            continue
+        found += answers
+        result.annotations += submitted
+        result.cancelled += cancelled
+    if tasks and result.refused_tasks == len(tasks):
+        more = result.refused_tasks - len(result.refused)
+        raise ValueError(f"{file}: nothing imported, every task was refused ({len(tasks):,}): "
+                         + "; ".join(result.refused) + (f"; ... and {more:,} more" if more else ""))
     result.answers = len(found)
     return found, result
 
