@@ -120,7 +120,7 @@ def test_wide_rows_are_stopped_by_the_memory_cap_before_they_pass_it(backend, tm
     figures = plan(url, tmp_path, wide, 60, max_memory_mb=128)
     grew = figures["outcome"].removeprefix("SelectionTooLarge: planning the set grew by ").split(" MB")[0]
     assert figures["outcome"] == memory_cap(grew), figures
-    assert 128 < float(grew) < 128 + 8, figures  # within one batch of rows of the line
+    assert 128 <= float(grew) < 128 + 8, figures  # within one batch of rows of the line (shown to 0.1 MB)
     assert figures["grew_mb"] < 128 + 16, figures
 
 
