@@ -4,7 +4,10 @@ catalog's.
 
 Filled by ``fashion-assets labels import FILE`` (which records a materialisation of this asset
 in the instance), or by materialising it with config ``file``: a Label Studio JSON export.
-Materialised without a file it reports what the table holds.
+Materialised without a file it reports what the table holds. Tasks the import refused (the
+wrong shape: nothing of them written) are in the metadata, counted (``refused_tasks``) and the
+first of them named with the reason (``refused``); when every task is refused the import writes
+nothing and the materialisation fails with the importer's message.
 """
 
 import dagster as dg
@@ -13,7 +16,7 @@ import sqlalchemy as sa
 from ..classifier.labels import HEADS
 from ..core.reporting import markdown_table
 from ..resources import CatalogDatabase
-from .importer import ImportResult, import_labels
+from .importer import LIST_LIMIT, ImportResult, import_labels
 from .table import ensure_labels_table, label_counts
 from .table import labels as labels_table
 
@@ -21,6 +24,17 @@ from .table import labels as labels_table
 class LabelsConfig(dg.Config):
     file: str | None = None
     """A Label Studio JSON export (annotations) to import first; none: report the table as it is."""
+
+
+def refused_markdown(imported: ImportResult) -> str:
+    """The refused tasks the import names (the first ``LIST_LIMIT``) as a Markdown table, task and
+    reason, saying how many more were refused; ``_none_`` when none was."""
+    rows = [tuple(line.split(": ", 1)) if ": " in line else (line, "") for line in imported.refused]
+    table = markdown_table(["task", "why refused"], rows, limit=LIST_LIMIT, width=300)
+    more = imported.refused_tasks - len(imported.refused)
+    if more > 0:
+        table += f"\n\n_{len(imported.refused):,} of {imported.refused_tasks:,} refused tasks shown._"
+    return table
 
 
 def labels_metadata(engine: sa.Engine, imported: ImportResult | None = None) -> dict:
@@ -51,6 +65,8 @@ def labels_metadata(engine: sa.Engine, imported: ImportResult | None = None) -> 
                 ["skipped", "what"],
                 [("unknown product id", i) for i in imported.unknown_ids]
                 + [("unknown class", k) for k in imported.unknown_classes], limit=50)),
+            "refused_tasks": imported.refused_tasks,
+            "refused": dg.MetadataValue.md(refused_markdown(imported)),
         })
     return metadata
 
@@ -67,5 +83,5 @@ def labels(
             imported = import_labels(catalog_db.engine, config.file)
         except ValueError as exc:
             raise dg.Failure(str(exc)) from None
-        context.log.info(imported.summary())
+        (context.log.warning if imported.refused_tasks else context.log.info)(imported.summary())
     return dg.MaterializeResult(metadata=labels_metadata(catalog_db.engine, imported))
