@@ -24,7 +24,7 @@ from fashion_assets.catalog.assets import product_images, products
 from fashion_assets.image_sets.assets import image_queries, image_set, image_set_matches_manifest
 from fashion_assets.image_sets.export import read_manifest
 from fashion_assets.image_sets.registry import QueryRegistry
-from fashion_assets.image_sets.sandbox import SqlRejected, SqlSandbox
+from fashion_assets.image_sets.sandbox import SandboxLimits, SelectionTooLarge, SqlRejected, SqlSandbox
 from fashion_assets.resources import CatalogDatabase
 
 from .catalog_files import make_dataset
@@ -35,6 +35,9 @@ READER_TABLES = {"products", "product_images", "predictions"}
 APPAREL_SQL = "SELECT id, article_type FROM products WHERE master_category = 'Apparel'"
 APPAREL_IDS = {1, 4, 5, 8, 9}  # make_dataset: ids 1, 4, 5, 8, 9, 12 are Apparel; 12's image is rejected
 SECRET_SQL = "SELECT id FROM secret_table"
+# Past 1 MB of temporary files on the server (work_mem 4 MB): the function's tuplestore and the sort spill.
+SPILL_ROWS = 300_000
+SPILL_SQL = f"SELECT g AS id FROM generate_series(1, {SPILL_ROWS}) AS g ORDER BY g DESC"
 LEASES_SQL = "SELECT run_id AS id FROM partition_leases"
 
 
@@ -110,7 +113,8 @@ def materialize_set(roles: Roles, name: str, sql: str, catalog_db: CatalogDataba
 
 
 def test_the_documented_grants_give_the_reader_select_on_three_tables_and_nothing_else(roles):
-    """What helm/README.md's SQL gives the reader, read back from PostgreSQL's catalogs."""
+    """What helm/README.md's SQL gives the reader, read back from PostgreSQL's catalogs (and SET
+    on temp_file_limit, the one parameter it may set)."""
     with roles.backend.engine().connect() as conn:
         grants = set(conn.execute(sa.text(
             "SELECT table_name, privilege_type FROM information_schema.role_table_grants WHERE grantee = :r"),
@@ -120,9 +124,64 @@ def test_the_documented_grants_give_the_reader_select_on_three_tables_and_nothin
             "       has_database_privilege(:r, current_database(), 'TEMP'),"
             "       has_schema_privilege(:r, 'public', 'USAGE'),"
             "       has_schema_privilege(:r, 'public', 'CREATE'),"
-            "       has_table_privilege(:r, 'partition_leases', 'SELECT')"), {"r": roles.role}).one()
+            "       has_table_privilege(:r, 'partition_leases', 'SELECT'),"
+            "       has_parameter_privilege(:r, 'temp_file_limit', 'SET'),"
+            "       has_parameter_privilege(:r, 'temp_file_limit', 'ALTER SYSTEM')"), {"r": roles.role}).one()
+        granted = set(conn.execute(sa.text(
+            "SELECT p.parname, a.privilege_type FROM pg_parameter_acl p, aclexplode(p.paracl) a "
+            "WHERE a.grantee = to_regrole(:r)"), {"r": roles.role}))
     assert grants == {(table, "SELECT") for table in READER_TABLES}
-    assert tuple(rights) == (True, False, True, False, False)
+    assert tuple(rights) == (True, False, True, False, False, True, False)
+    assert granted == {("temp_file_limit", "SET")}
+
+
+def test_the_documented_grant_lets_the_reader_set_the_temp_cap_and_without_it_the_servers_value_holds(roles):
+    """helm/README.md's ``GRANT SET ON PARAMETER temp_file_limit``: as the reader, ``SET LOCAL
+    temp_file_limit`` is allowed (for the transaction only) and the sandbox's temp cap stops a
+    query that spills past it. Revoked: the server refuses the SET, the sandbox's savepoint rolls
+    the refusal back and the query runs under the server's own value (-1: no limit). Set for the
+    role instead (``ALTER ROLE ... SET``): the role's value is the cap."""
+    engine = reader_engine(roles)
+    admin = sa.create_engine(roles.writer_url, isolation_level="AUTOCOMMIT")
+    catalog_db = roles.catalog_db()
+    try:
+        with engine.connect() as conn:
+            with conn.begin():
+                assert conn.execute(sa.text("SELECT current_user")).scalar_one() == roles.role
+                conn.execute(sa.text("SET LOCAL temp_file_limit = 1024"))
+                assert conn.execute(sa.text("SHOW temp_file_limit")).scalar_one() == "1MB"
+            with conn.begin():  # the next transaction: the server's value again
+                assert conn.execute(sa.text("SHOW temp_file_limit")).scalar_one() == "-1"
+        capped = SqlSandbox(catalog_db.query_engine, limits=SandboxLimits(max_temp_mb=1))
+        with pytest.raises(SelectionTooLarge) as stopped:
+            list(capped.stream(SPILL_SQL))
+        assert str(stopped.value) == ("the query's temporary files reached the limit of 1 MB "
+                                      "(FASHION_QUERY_MAX_TEMP_MB); narrow the query (a sort over a join?), "
+                                      "or raise the limit")
+
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"REVOKE SET ON PARAMETER temp_file_limit FROM {roles.role}")
+        with pytest.raises(sa.exc.ProgrammingError, match='permission denied to set parameter "temp_file_limit"') \
+                as refused, engine.begin() as conn:
+            conn.execute(sa.text("SET LOCAL temp_file_limit = 1024"))
+        assert refused.value.orig.pgcode == "42501"  # insufficient_privilege
+        rows = [r for _columns, chunk in capped.stream(SPILL_SQL) for r in chunk]
+        assert (len(rows), rows[0], rows[-1]) == (SPILL_ROWS, (SPILL_ROWS,), (1,))
+
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"ALTER ROLE {roles.role} SET temp_file_limit = '1MB'")
+        engine.dispose()  # the role's setting applies to new sessions
+        catalog_db.teardown_after_execution(None)
+        catalog_db = roles.catalog_db()
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SHOW temp_file_limit")).scalar_one() == "1MB"
+        uncapped = SqlSandbox(catalog_db.query_engine, limits=SandboxLimits(max_temp_mb=4096))
+        with pytest.raises(SelectionTooLarge, match="^the query's temporary files reached the limit of "):
+            list(uncapped.stream(SPILL_SQL))
+    finally:
+        catalog_db.teardown_after_execution(None)
+        engine.dispose()
+        admin.dispose()  # the role, its grants and its setting go with the fixture's DROP ROLE
 
 
 def test_image_set_runs_its_query_as_the_reader_and_selects_exactly_the_queried_images(roles):
