@@ -50,7 +50,7 @@ browser:
 
 demo: install $(DAGSTER_HOME)/dagster.yaml
 	$(MATERIALIZE) --select 'products,product_images' 2>&1 | $(QUIET)
-	@for q in examples/queries/*.sql; do $(BIN)/fashion-assets query add $$(basename $$q .sql) --file $$q || exit 1; done
+	@for q in examples/queries/*.sql; do $(BIN)/fashion-assets query add $$(basename $$q .sql) --file $$q --replace || exit 1; done
 	$(MATERIALIZE) --select 'classifier_inputs,fashion_classifier,serving_model' 2>&1 | $(QUIET)
 	@for q in examples/queries/*.sql; do \
 	  $(MATERIALIZE) --select 'image_set,augmented_set,predictions' --partition $$(basename $$q .sql) 2>&1 \

@@ -1,6 +1,7 @@
 """``fashion-assets``: the command line beside the Dagster UI.
 
-    fashion-assets query add NAME (--sql TEXT | --file PATH)   validate, register, add the partition
+    fashion-assets query add NAME (--sql TEXT | --file PATH) [--replace]
+                                                                validate, register, add the partition
     fashion-assets query list | show NAME | remove NAME [--purge]
     fashion-assets summary                                      what the last materialisations produced,
                                                                 and each set's auto-tag coverage
@@ -77,12 +78,18 @@ def cmd_query_add(args: argparse.Namespace) -> int:
     sql = read_sql_file(args.file, limits.max_sql_bytes) if args.file else args.sql
     with _resources() as resources:
         sandbox = SqlSandbox(resources.catalog_db.query_engine, timeout_s=args.timeout, limits=limits)
-        columns = sandbox.columns(sql)  # parses, then lets the database check names and types
-        QueryRegistry(resources.store.get_store()).put(name, sql)
+        # The sandbox's check, as for a file dropped in queries/ (the sensor's validate_sql, then
+        # image_set runs the same text): it parses, then the database checks names and types
+        # without reading rows.
+        columns = sandbox.columns(sql)
+        registry = QueryRegistry(resources.store.get_store(), limits.max_sql_bytes)
+        replaced = registry.add(name, sql, replace=args.replace)  # QueryExists without --replace
     with _instance() as instance:
         if not instance.has_dynamic_partition(image_queries.name, name):
             instance.add_dynamic_partitions(image_queries.name, [name])
     print(f"Query {name!r} registered (columns: {', '.join(columns)}).")
+    if replaced is not None:
+        print(f"Replaced: {replaced}")
     print("Materialise it: dagster asset materialize -m fashion_assets.definitions --select image_set "
           f"--partition {name}")
     return 0
@@ -228,6 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--sql", help="the SELECT statement")
     source.add_argument("--file", help="a file holding the SELECT statement")
     add.add_argument("--timeout", type=float, default=30.0, help="seconds the check may take (default 30)")
+    add.add_argument("--replace", action="store_true",
+                     help="replace the query's SQL if the name has one (without it, an existing name is refused)")
     add.set_defaults(func=cmd_query_add)
     query_commands.add_parser("list", help="every query and whether it has a partition").set_defaults(
         func=cmd_query_list

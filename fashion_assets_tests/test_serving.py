@@ -535,8 +535,8 @@ def test_url_from_a_loopback_server_allowed_for_this_test_only(pipeline, image_s
 
 @pytest.mark.parametrize(("data", "status", "message"), [
     (b"this is not an image\n", 415, "upload bad.jpg: not an image (expected JPEG, PNG, GIF or BMP)"),
-    (b"", 422, "upload bad.jpg: empty (0 bytes), not an image"),
-    (truncated_jpeg(10), 422, "upload bad.jpg: truncated or corrupt image data"),
+    (b"", 422, "upload bad.jpg: empty file (0 bytes)"),  # the catalog's reasons (catalog.images.check_image)
+    (truncated_jpeg(10), 422, "upload bad.jpg: corrupt image: image file is truncated (0 bytes not processed)"),
     (decompression_bomb(), 413, "upload bad.jpg: 8000x8000 pixels is over the 40,000,000 limit "
                                 "(possible decompression bomb)"),
     (image_bytes(1, fmt="TIFF"), 415, "upload bad.jpg: TIFF images are not accepted (expected JPEG, PNG, GIF or BMP)"),

@@ -1,15 +1,20 @@
 """Find and inspect the catalog's product photos. Plain module: no Dagster.
 
-An image is accepted if Pillow can decode it completely, whatever its format or mode (a
-grayscale JPEG, a CMYK JPEG, a palette PNG saved as ``.jpg``): the bytes are stored as they are
-and the format and mode are recorded, so downstream steps convert with ``to_rgb``. It is
-rejected, with a reason, if it is empty, truncated, not an image, or large enough to be a
-decompression bomb.
+An image is accepted if Pillow can decode it completely and it is in a format the model's decoder
+reads (``classifier.images``: JPEG, PNG, GIF, BMP; an MPO, a camera JPEG with a second picture,
+is a JPEG to it), whatever its mode (a grayscale JPEG, a CMYK JPEG, a palette PNG saved as
+``.jpg``): the bytes are stored as they are and the format and mode are recorded, so downstream
+steps convert with ``to_rgb``. It is rejected, with a reason, if it is empty, truncated, not an
+image, in another format, or large enough to be a decompression bomb.
+
+``check_image`` is that check, and the only one: the ingest (``inspect_image``) and the online
+gateway both call it, so the same bytes get the same verdict in batch and online.
 """
 
 from __future__ import annotations
 
 import io
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -26,6 +31,11 @@ _PRODUCT_FILE = re.compile(r"^(\d+)\.(jpe?g|png)$", re.IGNORECASE)
 # 40 megapixels: 10x the largest product photo we have seen; anything bigger is refused before
 # it is decoded, so a small hostile file cannot make a step allocate gigabytes.
 MAX_PIXELS = 40_000_000
+# Pillow's names for the formats ``classifier.images.decode_and_resize`` decodes (tf.io.decode_image).
+FORMATS = ("JPEG", "MPO", "PNG", "GIF", "BMP")
+EXPECTED = "expected JPEG, PNG, GIF or BMP"
+# Start-of-frame markers of arithmetic-coded JPEGs, which can spend less than a bit on a block.
+_ARITHMETIC_SOF = re.compile(rb"\xff[\xc9-\xcb\xcd-\xcf]")
 
 
 @dataclass(frozen=True)
@@ -70,44 +80,75 @@ def find_images(folder: str | Path) -> tuple[list[tuple[int, Path]], list[Reject
 
 
 class ImageRejected(ValueError):
-    pass
+    """Why an image is refused; ``kind`` names the rule: ``empty``, ``unreadable`` (not an
+    image), ``format``, ``pixels`` (a possible decompression bomb) or ``corrupt``."""
+
+    def __init__(self, reason: str, kind: str = "corrupt"):
+        super().__init__(reason)
+        self.kind = kind
 
 
-def inspect_image(product_id: int, data: bytes) -> ImageInfo:
-    """Decode ``data`` fully and describe it; raise :class:`ImageRejected` with a reason."""
+@dataclass(frozen=True)
+class CheckedImage:
+    width: int
+    height: int
+    mode: str
+    format: str
+    phash: str
+
+
+def least_jpeg_bytes(img: Image.Image) -> int:
+    """The fewest bytes a complete Huffman-coded JPEG of ``img``'s size can take: every 8x8 block
+    of every component costs at least one bit (the code of its DC coefficient). A file shorter
+    than that is truncated, whatever libjpeg makes of it (it fills what is missing with grey)."""
+    width, height = img.size
+    sampling = [(h, v) for _, h, v, _ in getattr(img, "layer", [])]
+    if not sampling or not all(1 <= h <= 4 and 1 <= v <= 4 for h, v in sampling):
+        return 0  # the decoder refuses such a header itself
+    h_max, v_max = max(h for h, _ in sampling), max(v for _, v in sampling)
+    bits = sum(math.ceil(math.ceil(width * h / h_max) / 8) * math.ceil(math.ceil(height * v / v_max) / 8)
+               for h, v in sampling)
+    return bits // 8
+
+
+def check_image(data: bytes) -> CheckedImage:
+    """Decode ``data`` fully and describe it; raise :class:`ImageRejected` with a reason. The
+    pixel count and a JPEG's length are checked from the header, before anything is decoded."""
     if not data:
-        raise ImageRejected("empty file (0 bytes)")
+        raise ImageRejected("empty file (0 bytes)", "empty")
     try:
         with Image.open(io.BytesIO(data)) as img:
             width, height = img.size
+            if img.format not in FORMATS:
+                raise ImageRejected(f"{img.format} images are not accepted ({EXPECTED})", "format")
             if width * height > MAX_PIXELS:
                 raise ImageRejected(
-                    f"{width}x{height} pixels is over the {MAX_PIXELS:,} limit (possible decompression bomb)"
+                    f"{width}x{height} pixels is over the {MAX_PIXELS:,} limit (possible decompression bomb)", "pixels"
                 )
+            if img.format in ("JPEG", "MPO") and not _ARITHMETIC_SOF.search(data) \
+                    and len(data) < least_jpeg_bytes(img):
+                raise ImageRejected(f"corrupt image: truncated ({len(data):,} bytes cannot hold the "
+                                    f"{width}x{height} pixels its header declares)")
             img.load()  # a header alone is not an image: this catches truncated files
-            phash = perceptual_hash(img)
-            info = ImageInfo(
-                id=product_id,
-                key=layout.catalog_image(product_id),
-                width=width,
-                height=height,
-                mode=img.mode,
-                format=img.format or "unknown",
-                bytes=len(data),
-                md5=md5_hex(data),
-                phash=phash,
-            )
+            return CheckedImage(width, height, img.mode, img.format, perceptual_hash(img))
     except ImageRejected:
         raise
     except Image.DecompressionBombError as exc:
-        raise ImageRejected(f"possible decompression bomb: {exc}") from None
+        raise ImageRejected(f"possible decompression bomb: {exc}", "pixels") from None
     except Image.UnidentifiedImageError:
-        raise ImageRejected("not an image Pillow can read") from None
+        raise ImageRejected(f"not an image ({EXPECTED})", "unreadable") from None
     except (OSError, SyntaxError, ValueError) as exc:
         # Pillow reports truncated and corrupt data as OSError ("image file is truncated"),
         # and some broken headers as SyntaxError.
         raise ImageRejected(f"corrupt image: {exc}") from None
-    return info
+
+
+def inspect_image(product_id: int, data: bytes) -> ImageInfo:
+    """``check_image``, and what the catalog records of an accepted image."""
+    checked = check_image(data)
+    return ImageInfo(id=product_id, key=layout.catalog_image(product_id), width=checked.width,
+                     height=checked.height, mode=checked.mode, format=checked.format, bytes=len(data),
+                     md5=md5_hex(data), phash=checked.phash)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

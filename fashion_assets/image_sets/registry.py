@@ -21,6 +21,14 @@ class QueryNotFound(KeyError):
         return f"no query named {self.args[0]!r}: add it with `fashion-assets query add {self.args[0]} --sql ...`"
 
 
+class QueryExists(ValueError):
+    """``add`` without ``replace`` for a name that already has a query; says what is stored."""
+
+    def __init__(self, name: str, stored: str):
+        super().__init__(f"query {name!r} already exists ({stored}): pass --replace to replace it")
+        self.name, self.stored = name, stored
+
+
 class QueryUnreadable(SqlRejected):
     """A query file that is not a query's text: not UTF-8, or over the size limit."""
 
@@ -41,6 +49,30 @@ class QueryRegistry:
 
     def put(self, name: str, sql: str) -> None:
         self.store.put_bytes(layout.query(name), sql.strip().encode("utf-8") + b"\n", "application/sql")
+
+    def add(self, name: str, sql: str, replace: bool = False) -> str | None:
+        """Store ``sql`` as a new query; over an existing one only with ``replace``, else
+        :class:`QueryExists`. Returns what it replaced (``describe``), None for a new name.
+        (Two adds of one name at the same moment can both find it absent: the later one wins.)"""
+        stored = self.describe(name)
+        if stored is not None and not replace:
+            raise QueryExists(name, stored)
+        self.put(name, sql)
+        return stored
+
+    def describe(self, name: str) -> str | None:
+        """The stored ``queries/<name>.sql`` in one line: key, MD5 and first non-blank line (a file
+        over the size limit is not read: its size instead); None when there is none."""
+        key = layout.query(name)
+        found = next((obj for obj in self.store.list(key) if obj.key == key), None)
+        if found is None:
+            return None
+        if found.size > self.max_sql_bytes:
+            return f"{key}, {found.size:,} bytes, over the size limit"
+        data = self.store.get_bytes(key)
+        text = data.decode("utf-8", "replace")
+        first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+        return f"{key}, MD5 {md5_hex(data)}, first line: {first if len(first) <= 80 else first[:77] + '...'}"
 
     def get(self, name: str) -> str:
         """The query's SQL; :class:`QueryUnreadable` (naming the file and why) when the file is

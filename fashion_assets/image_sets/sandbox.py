@@ -305,7 +305,8 @@ class SqlSandbox:
     def columns(self, sql: str) -> list[str]:
         """The query's column names, checked by the database without reading rows; must include ``id``."""
         text = self.validate(sql)
-        with self._cursor(f"SELECT * FROM ({text}) AS image_query LIMIT 0") as (columns, _fetch):
+        # The closing parenthesis on a line of its own: a query may end in a -- comment.
+        with self._cursor(f"SELECT * FROM ({text}\n) AS image_query LIMIT 0") as (columns, _fetch):
             return columns
 
     def stream(self, sql: str, stats: QueryStats | None = None) -> Iterator[tuple[list[str], list[tuple]]]:

@@ -10,13 +10,18 @@ The store and the catalog database come from the same environment variables as t
 (FASHION_STORE_URL, FASHION_S3_ENDPOINT_URL, AWS_*; FASHION_CATALOG_URL, and FASHION_QUERY_URL's
 read-only role when set, which ``serve`` reads ``product_images`` with for near-duplicates);
 FASHION_SERVE_* variables set the defaults of the options, so a container needs no arguments
-beyond ``serve``.
+beyond ``serve``. They are read, and every option checked, when ``serve`` starts (never when the
+parser is built, so a bad variable cannot break other commands): a bad value fails ``serve`` at
+once, with one line naming the option or the variable and the value.
 """
 
 import argparse
 import contextlib
+import ipaddress
 import logging
+import math
 import os
+from collections.abc import Callable, Mapping
 
 import dagster as dg
 
@@ -27,8 +32,107 @@ from .near_duplicates import CatalogIndex
 from .publish import fetch_published
 
 
-def _env(name: str, default: str) -> str:
-    return os.environ.get(name) or default
+# Readers of the options' text: each returns the value or raises ValueError saying what was expected.
+def _whole(raw: str) -> int | None:
+    """``raw`` as a whole number (ASCII digits, ``_`` allowed between them), None if it is not one."""
+    digits = raw.replace("_", "")
+    return int(digits) if digits.isascii() and digits.isdigit() and len(digits) <= 30 else None
+
+
+def _port(raw: str) -> int:
+    port = _whole(raw)
+    if port is None or not 1 <= port <= 65535:
+        raise ValueError("expected a port number from 1 to 65535")
+    return port
+
+
+def _positive_int(what: str) -> Callable[[str], int]:
+    def read(raw: str) -> int:
+        value = _whole(raw)
+        if value is None or value < 1:
+            raise ValueError(f"expected a positive whole number of {what}")
+        return value
+    return read
+
+
+def _number(what: str, zero: bool = False) -> Callable[[str], float]:
+    """A reader of a finite number above zero (``zero``: or zero)."""
+    def read(raw: str) -> float:
+        try:
+            value = float(raw) if len(raw) <= 30 else math.nan
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+            raise ValueError(f"expected {what}")
+        return value
+    return read
+
+
+def _backend(raw: str) -> str:
+    if raw not in ("embedded", "tfserving"):
+        raise ValueError("expected embedded or tfserving")
+    return raw
+
+
+def _switch(raw: str) -> bool:
+    if raw not in ("0", "1"):
+        raise ValueError("expected 1 (on) or 0 (off)")
+    return raw == "1"
+
+
+def _networks(raw: str) -> tuple[str, ...]:
+    networks = tuple(n.strip() for n in raw.split(",") if n.strip())
+    for network in networks:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise ValueError(f"{network!r} is not a network (a CIDR such as 10.1.0.0/16, or an address)") from None
+    return networks
+
+
+# option (its attribute): (the variable that sets its default, or None; the default; its reader)
+OPTIONS: dict[str, tuple[str | None, str, Callable[[str], object]]] = {
+    "host": ("FASHION_SERVE_HOST", "127.0.0.1", str),
+    "port": ("FASHION_SERVE_PORT", "8080", _port),
+    "backend": ("FASHION_SERVE_BACKEND", "embedded", _backend),
+    "tfserving": ("FASHION_TFSERVING_ADDRESS", "127.0.0.1:8500", str),
+    "allow_private_urls": ("FASHION_SERVE_ALLOW_PRIVATE_URLS", "0", _switch),
+    "allow_networks": ("FASHION_SERVE_ALLOW_NETWORKS", "", _networks),
+    "max_bytes": ("FASHION_SERVE_MAX_BYTES", str(DEFAULT_MAX_BYTES), _positive_int("bytes")),
+    "download_timeout": ("FASHION_SERVE_DOWNLOAD_TIMEOUT_S", str(DEFAULT_TIMEOUT_S),
+                         _number("a positive number of seconds")),
+    "max_batch": (None, "64", _positive_int("images")),
+    "batch_delay_ms": (None, "4", _number("a number of milliseconds, 0 or more", zero=True)),
+    "near_duplicates_refresh_s": ("FASHION_SERVE_NEAR_DUPLICATES_REFRESH_S", "30",
+                                  _number("a positive number of seconds")),
+}
+
+
+def _shown(value: str) -> str:
+    return value if len(value) <= 80 else value[:77] + "..."
+
+
+def serve_settings(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> dict[str, object]:
+    """Every ``serve`` option's value: the option when given, else its variable when set and not
+    empty, else the default; ValueError naming the option (or the variable) and the bad value."""
+    values = {}
+    for name, (variable, default, read) in OPTIONS.items():
+        given = getattr(args, name)
+        if given is True:  # a switch given on the command line
+            values[name] = True
+            continue
+        option = "--" + name.replace("_", "-")
+        if given is not None:
+            raw, shown = str(given), f"{option} {_shown(str(given))}"
+        elif variable and environ.get(variable):
+            raw, shown = environ[variable], f"{variable}={_shown(environ[variable])!r}"
+        else:
+            raw, shown = default, f"{option} {default}"
+        try:
+            values[name] = read(raw.strip())
+        except ValueError as exc:
+            raise ValueError(f"{shown}: {exc}") from None
+    return values
 
 
 @contextlib.contextmanager
@@ -52,21 +156,21 @@ def _resources(with_catalog: bool = False):
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    settings = serve_settings(args)  # before anything starts: a bad option or variable fails here, once
     import uvicorn
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = GatewayConfig(
-        backend=args.backend, tfserving=args.tfserving,
-        policy=FetchPolicy(max_bytes=args.max_bytes, timeout_s=args.download_timeout,
-                           allow_private=args.allow_private_urls,
-                           allowed_networks=tuple(n.strip() for n in args.allow_networks.split(",") if n.strip())),
-        max_batch=args.max_batch, max_delay_s=args.batch_delay_ms / 1000.0,
-        near_duplicates_refresh_s=args.near_duplicates_refresh_s,
+        backend=settings["backend"], tfserving=settings["tfserving"],
+        policy=FetchPolicy(max_bytes=settings["max_bytes"], timeout_s=settings["download_timeout"],
+                           allow_private=settings["allow_private_urls"], allowed_networks=settings["allow_networks"]),
+        max_batch=settings["max_batch"], max_delay_s=settings["batch_delay_ms"] / 1000.0,
+        near_duplicates_refresh_s=settings["near_duplicates_refresh_s"],
     )
     with _resources(with_catalog=True) as (store, catalog_db):
         app = create_app(store, config, catalog=CatalogIndex(catalog_db.query_engine))
         # access_log off: the gateway logs each request itself (without query strings).
-        uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level="info",
+        uvicorn.run(app, host=settings["host"], port=settings["port"], access_log=False, log_level="info",
                     timeout_graceful_shutdown=10)
     return 0
 
@@ -81,29 +185,28 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 def add_commands(commands: argparse._SubParsersAction) -> None:
     """Add this stage's sub-commands to the ``fashion-assets`` parser."""
     serve = commands.add_parser("serve", help="the online prediction gateway (HTTP)")
-    serve.add_argument("--host", default=_env("FASHION_SERVE_HOST", "127.0.0.1"))
-    serve.add_argument("--port", type=int, default=int(_env("FASHION_SERVE_PORT", "8080")))
-    serve.add_argument("--backend", choices=["embedded", "tfserving"],
-                       default=_env("FASHION_SERVE_BACKEND", "embedded"),
-                       help="embedded: the published model in this process (default); tfserving: TF Serving over gRPC")
-    serve.add_argument("--tfserving", default=_env("FASHION_TFSERVING_ADDRESS", "127.0.0.1:8500"),
-                       help="TF Serving's gRPC address, host:port (default 127.0.0.1:8500)")
-    serve.add_argument("--allow-private-urls", action="store_true",
-                       default=_env("FASHION_SERVE_ALLOW_PRIVATE_URLS", "") == "1",
-                       help="let {\"url\"} fetch from loopback, link-local and private addresses (off by default)")
-    serve.add_argument("--allow-networks", default=_env("FASHION_SERVE_ALLOW_NETWORKS", ""),
-                       help="comma-separated CIDRs {\"url\"} may fetch from although private (e.g. 10.1.0.0/16)")
-    serve.add_argument("--max-bytes", type=int, default=int(_env("FASHION_SERVE_MAX_BYTES", str(DEFAULT_MAX_BYTES))),
-                       help="largest upload or download, bytes (default 10 MB)")
-    serve.add_argument("--download-timeout", type=float,
-                       default=float(_env("FASHION_SERVE_DOWNLOAD_TIMEOUT_S", str(DEFAULT_TIMEOUT_S))),
-                       help="seconds a URL's download may take (default 10)")
-    serve.add_argument("--max-batch", type=int, default=64, help="embedded: most images in one predict call")
-    serve.add_argument("--batch-delay-ms", type=float, default=4.0,
+    # No type= and no default here: serve_settings reads, checks and defaults every option when
+    # serve starts, so that a bad FASHION_SERVE_* variable cannot break the other commands.
+    serve.add_argument("--host", help="address to listen on (FASHION_SERVE_HOST; default 127.0.0.1)")
+    serve.add_argument("--port", help="port to listen on, 1-65535 (FASHION_SERVE_PORT; default 8080)")
+    serve.add_argument("--backend", help="embedded: the published model in this process (default); "
+                                         "tfserving: TF Serving over gRPC (FASHION_SERVE_BACKEND)")
+    serve.add_argument("--tfserving", help="TF Serving's gRPC address, host:port "
+                                           "(FASHION_TFSERVING_ADDRESS; default 127.0.0.1:8500)")
+    serve.add_argument("--allow-private-urls", action="store_true", default=None,
+                       help="let {\"url\"} fetch from loopback, link-local and private addresses "
+                            "(FASHION_SERVE_ALLOW_PRIVATE_URLS=1; off by default)")
+    serve.add_argument("--allow-networks", help="comma-separated CIDRs {\"url\"} may fetch from although private, "
+                                                "e.g. 10.1.0.0/16 (FASHION_SERVE_ALLOW_NETWORKS)")
+    serve.add_argument("--max-bytes", help="largest upload or download, bytes (FASHION_SERVE_MAX_BYTES; default 10 MB)")
+    serve.add_argument("--download-timeout",
+                       help="seconds a URL's download may take (FASHION_SERVE_DOWNLOAD_TIMEOUT_S; default 10)")
+    serve.add_argument("--max-batch", help="embedded: most images in one predict call (default 64)")
+    serve.add_argument("--batch-delay-ms",
                        help="embedded: how long a batch waits for requests still being decoded (default 4)")
-    serve.add_argument("--near-duplicates-refresh-s", type=float,
-                       default=float(_env("FASHION_SERVE_NEAR_DUPLICATES_REFRESH_S", "30")),
-                       help="seconds between checks for a newer product_images (near-duplicate index; default 30)")
+    serve.add_argument("--near-duplicates-refresh-s",
+                       help="seconds between checks for a newer product_images (near-duplicate index; "
+                            "FASHION_SERVE_NEAR_DUPLICATES_REFRESH_S; default 30)")
     serve.set_defaults(func=cmd_serve, max_items=MAX_ITEMS)
     fetch = commands.add_parser("fetch-served-model",
                                 help="download the published model in TF Serving's layout (init containers)")

@@ -38,16 +38,19 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from .. import layout
+from ..catalog.images import ImageRejected, check_image
 from ..classifier.artifacts import latest_version, load_local, load_version, read_labels
 from ..classifier.calibration import CALIBRATION
 from ..core.storage import ObjectStore
 from .backends import EmbeddedBackend, ModelInfo, Preprocessor, TFServingBackend
-from .inputs import FetchPolicy, InputError, check_image, fetch_url, read_key, shown_url
-from .near_duplicates import CatalogIndex, image_hash
+from .inputs import FetchPolicy, InputError, fetch_url, read_key, shown_url
+from .near_duplicates import CatalogIndex
 from .publish import configured_number, fetch_published, read_published_labels
 
 log = logging.getLogger("fashion_assets.serving")
 MAX_ITEMS = 32  # images in one request
+# The status of each of the catalog's reasons to refuse an image (catalog.images.ImageRejected.kind).
+REFUSED = {"empty": 422, "unreadable": 415, "format": 415, "pixels": 413, "corrupt": 422}
 
 
 @dataclass
@@ -326,19 +329,18 @@ class Gateway:
 
     def _decode(self, what: str, data: bytes) -> tuple[np.ndarray, list[dict] | None]:
         """The model's input, and the image's near-duplicates in the catalog (None without a
-        catalog): both in this worker thread, off the event loop."""
-        check_image(data, what)
+        catalog): both in this worker thread, off the event loop. The image is checked by the
+        catalog's own check first (``catalog.images.check_image``: what the ingest refuses is
+        refused here, for the same reason), which also gives its perceptual hash."""
+        try:
+            checked = check_image(data)
+        except ImageRejected as exc:
+            raise InputError(REFUSED[exc.kind], f"{what}: {exc}") from None
         try:
             image = self.preprocess(data)
         except ValueError as exc:
             raise InputError(422, f"{what}: {exc}") from None
-        if self.catalog is None:
-            return image, None
-        try:
-            phash = image_hash(data)
-        except (OSError, SyntaxError, ValueError):  # what the catalog's ingest would refuse too
-            raise InputError(422, f"{what}: truncated or corrupt image data") from None
-        return image, self.catalog.lookup(phash)
+        return image, (None if self.catalog is None else self.catalog.lookup(checked.phash))
 
     async def _classify(self, items: list[tuple[str, bytes]]) -> list[dict]:
         """Per image ``{"predictions": ..., "near_duplicates": ...}`` (the latter with a catalog)."""

@@ -14,22 +14,20 @@ time are capped for the whole download.
 
 from __future__ import annotations
 
-import io
+import errno
 import ipaddress
+import re
 import socket
 from dataclasses import dataclass
 
-from PIL import Image
-
 from .. import layout
-from ..catalog.images import MAX_PIXELS
 from ..core.storage import ObjectStore
 
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024
 DEFAULT_TIMEOUT_S = 10.0
 MAX_REDIRECTS = 5
-# What classifier.images.decode_and_resize decodes (tf.io.decode_image).
-FORMATS = ("JPEG", "PNG", "GIF", "BMP")
+ID_MAX = 2**63 - 1  # ids (and a copy's number) are 64-bit integers wherever they are stored
+DIGEST = re.compile(r"[0-9a-f]{1,64}")  # an augmented set's spec hash
 
 
 class InputError(Exception):
@@ -60,28 +58,6 @@ def shown_url(url) -> str:
     """``scheme://host[:port]/path`` of an ``httpx.URL``: never the query, fragment or user info."""
     port = f":{url.port}" if url.port else ""
     return f"{url.scheme}://{url.host}{port}{url.path}"
-
-
-def check_image(data: bytes, what: str) -> None:
-    """Refuse what ``decode_and_resize`` should never be handed: empty data, not an image, a format
-    it does not decode, or more pixels than ``MAX_PIXELS`` (a decompression bomb: a few kilobytes
-    of PNG that decode to gigabytes). Reads the header only; truncated data is refused by the
-    decoder itself."""
-    if not data:
-        raise InputError(422, f"{what}: empty (0 bytes), not an image")
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            width, height = img.size
-            fmt = img.format
-    except Image.DecompressionBombError:
-        raise InputError(413, f"{what}: too many pixels (possible decompression bomb)") from None
-    except (Image.UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        raise InputError(415, f"{what}: not an image (expected JPEG, PNG, GIF or BMP)") from None
-    if fmt not in FORMATS:
-        raise InputError(415, f"{what}: {fmt} images are not accepted (expected JPEG, PNG, GIF or BMP)")
-    if width * height > MAX_PIXELS:
-        raise InputError(413, f"{what}: {width}x{height} pixels is over the {MAX_PIXELS:,} limit "
-                              "(possible decompression bomb)")
 
 
 def forbidden_reason(address: str) -> str | None:
@@ -176,16 +152,46 @@ async def _fetch(client, raw_url: str, policy: FetchPolicy) -> bytes:
     raise InputError(400, f"more than {MAX_REDIRECTS} redirects")
 
 
+def shown_key(key: str) -> str:
+    """``key`` as error messages show it: whole up to 100 characters, else its ends."""
+    return repr(key) if len(key) <= 100 else f"{key[:60]!r}...{key[-20:]!r} ({len(key):,} characters)"
+
+
+def key_problem(key: str) -> str | None:
+    """Why an image key (``layout.is_image_key``) cannot name anything the pipeline stores: a set
+    name that is not a query name, a spec hash over 64 digits, or an id or copy number beyond 64
+    bits. None when it can."""
+    parts = key.split("/")
+    if parts[0] == "image-sets" and not layout.QUERY_NAME.fullmatch(parts[1]):
+        return f"{parts[1][:70]!r} is not a set's name (1-64 lower-case letters, digits and '-')"
+    if len(parts) == 5 and not DIGEST.fullmatch(parts[3]):
+        return "an augmented set's folder is a spec hash of at most 64 hex digits"
+    for digits in re.findall(r"[0-9]+", parts[-1].split(".")[0]):
+        if len(digits) > 19 or int(digits) > ID_MAX:
+            return (f"the {len(digits):,}-digit number in its name is outside the range of ids "
+                    f"(64-bit integers, at most {ID_MAX:,})")
+    return None
+
+
 def read_key(store: ObjectStore, key, max_bytes: int) -> bytes:
-    """A product image from the store by key; only image keys (``layout.is_image_key``) are read."""
+    """A product image from the store by key; only image keys (``layout.is_image_key``) whose
+    names fit what the pipeline stores (``key_problem``) are read."""
     if not isinstance(key, str) or not key:
         raise InputError(400, "'key' must be a non-empty string")
     if not layout.is_image_key(key):
-        raise InputError(400, f"key {key!r} does not name a product image in the store "
+        raise InputError(400, f"key {shown_key(key)} does not name a product image in the store "
                               "(catalog/images/<id>.jpg, or an image set's images)")
-    if not store.exists(key):
-        raise InputError(404, f"no object {key!r} in the store")
-    data = store.get_bytes(key)
+    problem = key_problem(key)
+    if problem:
+        raise InputError(400, f"key {shown_key(key)} cannot name a product image: {problem}")
+    try:
+        if not store.exists(key):
+            raise InputError(404, f"no object {key!r} in the store")
+        data = store.get_bytes(key)
+    except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:  # a path the local store's file system cannot hold
+            raise InputError(400, f"key {shown_key(key)} is too long for the store's file system") from None
+        raise
     if len(data) > max_bytes:
         raise InputError(413, f"key {key!r}: {len(data):,} bytes is over the {max_bytes:,}-byte limit")
     return data
