@@ -168,7 +168,8 @@ def rehearse(dataset: Path, shard_size: int, model_uri: str | None, work: Path) 
     walls["fashion_classifier"] = _materialize(env, "fashion_classifier",
                                                config={"ops": {"fashion_classifier": {"config": model_config}}},
                                                work=work)
-    subprocess.run([str(BIN / "fashion-assets"), "query", "add", "everything", "--sql", "SELECT id FROM products"],
+    subprocess.run([str(BIN / "fashion-assets"), "query", "add", "everything", "--replace", "--sql",
+                    "SELECT id FROM products"],
                    env=env, check=True, capture_output=True)
     sharded = {"shard_size": shard_size}
     for asset in ("image_set", "augmented_set", "predictions"):

@@ -26,7 +26,9 @@ from typing import Any
 from .database import scrub
 from .parallel import bounded_map
 
-CONTENT_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "GIF": "image/gif", "WEBP": "image/webp"}
+# An MPO (a camera JPEG with a second picture) is served as the JPEG it starts with.
+CONTENT_TYPES = {"JPEG": "image/jpeg", "MPO": "image/jpeg", "PNG": "image/png", "GIF": "image/gif",
+                 "WEBP": "image/webp", "BMP": "image/bmp"}
 
 
 class StoreError(RuntimeError):
