@@ -44,6 +44,7 @@ RECIPES = {
     "ema-balanced": dict(ema=0.99, balance=0.5),
     "ema-balanced-mixup": dict(ema=0.99, balance=0.5, mixup=0.2),
     "balanced": dict(balance=0.5),
+    "mixup-45ep": dict(mixup=0.2, epochs=45, patience=12),
     "quality": "quality",
 }
 
