@@ -10,7 +10,7 @@ import pytest
 
 import fashion_assets.catalog.tables as catalog_tables
 from fashion_assets.core.database import create_engine, ensure_schema
-from fashion_assets.image_sets.sandbox import SqlRejected, SqlSandbox
+from fashion_assets.image_sets.sandbox import SqlRejected, SqlSandbox, sqlite_uri
 
 # Opens the catalog like any writer, changes every product and spills enough pages that both the
 # journal and the database file are written, then waits to be killed mid-transaction.
@@ -61,6 +61,14 @@ def test_sandbox_reads_pre_crash_rows_after_a_writer_is_killed_mid_transaction(t
     ids = [row[0] for _columns, rows in sandbox.stream("SELECT id FROM products ORDER BY id") for row in rows]
     assert ids == [1, 2, 3]  # the crashed transaction was rolled back
     assert not os.path.exists(journal) or os.path.getsize(journal) == 0
-    # Recovery did not make the sandbox's own connection writable.
-    with pytest.raises(SqlRejected, match="only reading is allowed"), sandbox._cursor("DELETE FROM products") as (_, f):
+    # Recovery did not make the catalog writable the way the sandbox opens it: a write is refused
+    # (here by the parser already: the sandbox first probes the statement as a subquery), and the
+    # read-only URI the sandbox connects with refuses it at the database itself.
+    with pytest.raises(SqlRejected, match='near "DELETE": syntax error'), \
+            sandbox._cursor("DELETE FROM products") as (_, f):
         f(1)
+    as_the_sandbox_opens_it = sqlite3.connect(sqlite_uri(path, "ro"), uri=True)
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        as_the_sandbox_opens_it.execute("DELETE FROM products")
+    as_the_sandbox_opens_it.close()
+    assert [row[0] for _c, rows in sandbox.stream("SELECT id FROM products ORDER BY id") for row in rows] == [1, 2, 3]
