@@ -158,17 +158,8 @@ class Gateway:
             if self.backend is None:
                 self.backend = await asyncio.to_thread(load_backend, self.store, self.config, workdir)
             self.preprocess = await asyncio.to_thread(Preprocessor, self.backend.info.image_size)
-            delay = 0.5
-            while True:
-                try:
-                    await self.backend.check()
-                    break
-                except Exception as exc:  # noqa: BLE001 - TF Serving may come up after us
-                    self.failure = f"{self.backend.name} backend not answering yet ({type(exc).__name__})"
-                    log.warning(f"{self.failure}; retrying in {delay:.1f} s")
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 10.0)
-            self.failure = None
+            # TF Serving may come up after us.
+            await self._until_it_answers(self.backend.check, f"{self.backend.name} backend not answering yet")
             info = self.backend.info
             log.info(f"ready: {self.backend.name} backend, model {info.source_version} "
                      f"(serving version {info.serving_version}), {info.image_size} px")
@@ -178,20 +169,27 @@ class Gateway:
             self.failure = f"cannot load the model: {exc}"
             log.error(self.failure)
 
-    async def _load_index(self) -> None:
-        """The near-duplicate index's first load (before the gateway is ready), retried while the
-        catalog database does not answer."""
+    async def _until_it_answers(self, call, failure: str):
+        """``await call()`` until it succeeds (a service that comes up after us), with
+        ``failure (the exception's type)`` shown by /healthz meanwhile; backs off from 0.5 s to 10 s."""
         delay = 0.5
         while True:
             try:
-                loaded = await asyncio.to_thread(self.catalog.refresh)
-                break
-            except Exception as exc:  # noqa: BLE001 - the database may come up after us
-                self.failure = f"cannot read product_images for the near-duplicate index ({type(exc).__name__})"
+                result = await call()
+            except Exception as exc:  # noqa: BLE001 - retried; /healthz says why meanwhile
+                self.failure = f"{failure} ({type(exc).__name__})"
                 log.warning(f"{self.failure}; retrying in {delay:.1f} s")
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
-        self.failure = None
+            else:
+                self.failure = None
+                return result
+
+    async def _load_index(self) -> None:
+        """The near-duplicate index's first load (before the gateway is ready), retried while the
+        catalog database does not answer."""
+        loaded = await self._until_it_answers(lambda: asyncio.to_thread(self.catalog.refresh),
+                                              "cannot read product_images for the near-duplicate index")
         log.info(f"near-duplicate index: {loaded.photos:,} photos of product_images"
                  + (f" ({loaded.skipped} with a malformed hash left out)" if loaded.skipped else "")
                  + f"; compared every {self.config.near_duplicates_refresh_s:g} s")
