@@ -73,7 +73,8 @@ def small_real_catalog(root: Path, n: int = N_PRODUCTS) -> Path:
 
 
 def calibrate_by_hand(store, dataset: Path, workdir: Path) -> dict:
-    """Give the newest model a ``calibration`` in its labels.json: ``TEMPERATURES``, and for
+    """Give the newest model a ``calibration`` in its labels.json: ``TEMPERATURES`` (sharper
+    where the model's confidences are too alike to place a threshold), and for
     master_category and sub_category a threshold in the widest gap among the middle half of the
     calibrated top-1 confidences of the catalog's photos, so some tags are automatic and some
     not, and no confidence lies within rounding of a threshold."""
@@ -85,9 +86,14 @@ def calibrate_by_hand(store, dataset: Path, workdir: Path) -> dict:
     for head, temperature in TEMPERATURES.items():
         threshold = None
         if head != "article_type":
-            top1 = np.sort(apply_temperature(probs[head], temperature).max(axis=1).astype(np.float64))
-            middle = top1[len(top1) // 4: 3 * len(top1) // 4 + 1]
-            widest = int(np.argmax(np.diff(middle)))
+            # A one-epoch model can answer nearly the same for every photo: sharpen (a smaller
+            # temperature spreads the confidences) until the gap is clear of rounding.
+            for temperature in (temperature, 0.5, 0.2, 0.1, 0.05, 0.02, 0.01):
+                top1 = np.sort(apply_temperature(probs[head], temperature).max(axis=1).astype(np.float64))
+                middle = top1[len(top1) // 4: 3 * len(top1) // 4 + 1]
+                widest = int(np.argmax(np.diff(middle)))
+                if middle[widest + 1] - middle[widest] > 1e-4:
+                    break
             assert middle[widest + 1] - middle[widest] > 1e-4, (head, middle)
             threshold = round(float(middle[widest] + middle[widest + 1]) / 2, 6)
         calibration[head] = {"temperature": temperature, "threshold": threshold}
