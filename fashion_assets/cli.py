@@ -3,6 +3,8 @@
     fashion-assets query add NAME (--sql TEXT | --file PATH) [--replace]
                                                                 validate, register, add the partition
     fashion-assets query list | show NAME | remove NAME [--purge]
+    fashion-assets set versions NAME | diff NAME V1 V2 | gc NAME [--keep N] [--dry-run]
+                                                                an image set's versions
     fashion-assets summary                                      what the last materialisations produced,
                                                                 and each set's auto-tag coverage
 
@@ -21,9 +23,11 @@ import dagster as dg
 from . import layout
 from .classifier.labels import HEADS
 from .core import database
+from .core.leases import PartitionBusy
 from .image_sets.assets import image_queries
 from .image_sets.export import purge_image_set
 from .image_sets.registry import QueryNotFound, QueryRegistry, QueryUnreadable, check_name, not_utf8
+from .image_sets.cli import add_commands as add_set_commands
 from .image_sets.sandbox import SandboxLimits, SqlRejected, SqlSandbox, SqlTimeout, check_sql_size
 from .labelling.cli import add_commands as add_labelling_commands
 from .labelling.queue import auto_coverage
@@ -253,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     # for bad input, which main() prints as one line).
     add_serving_commands(commands)
     add_labelling_commands(commands)
+    add_set_commands(commands)
     return parser
 
 
@@ -260,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (CliError, SqlRejected, SqlTimeout, ValueError, QueryNotFound) as exc:
+    except (CliError, SqlRejected, SqlTimeout, ValueError, QueryNotFound, PartitionBusy) as exc:
         print(f"fashion-assets: {database.scrub(str(exc))}", file=sys.stderr)  # a URL in it: masked
         return 2
 

@@ -8,8 +8,9 @@ folder, or ``s3://bucket/prefix``)::
     catalog/images/<id>.jpg                              product_images
     catalog/reports/{products,product_images}_rejected.csv
     queries/<name>.sql                                   one image set per query
-    image-sets/<name>/images/<id>.jpg                    image_set
-    image-sets/<name>/manifest.parquet                   image_set (written last)
+    image-sets/<name>/images/<id>[-<md5>].jpg            image_set's photos, each written once (versions share them)
+    image-sets/<name>/versions/<seq>-<digest>/{manifest.parquet,version.json}   one immutable set version
+    image-sets/<name>/manifest.parquet                   a copy of the newest version's manifest (written last)
     image-sets/<name>/augmented/<spec-hash>/<id>_<k>.jpg augmented_set
     image-sets/<name>/augmented/<spec-hash>/{manifest.parquet,contact_sheet.png}
     image-sets/<name>/augmented/LATEST                   the newest spec hash
@@ -102,8 +103,48 @@ def set_image_id(name: str, key: str) -> int | None:
     return int(stem) if key.startswith(set_images(name)) and stem.isdigit() else None
 
 
+def set_image_version(name: str, product_id: int, md5: str) -> str:
+    """Where a photo of ``product_id`` goes when ``set_image`` already holds another photo of it
+    that a kept version names: the key carries the content's MD5, so no object is ever
+    overwritten while a version names it."""
+    if not re.fullmatch(r"[0-9a-f]{32}", md5):
+        raise ValueError(f"invalid MD5 {md5!r}")
+    return f"{set_images(name)}{product_id}-{md5}.jpg"
+
+
 def manifest(name: str) -> str:
+    """The newest version's manifest, copied: what readers outside the project open."""
     return image_set(name) + "manifest.parquet"
+
+
+def set_versions(name: str) -> str:
+    """Every version of a set: ``image-sets/<name>/versions/``."""
+    return image_set(name) + "versions/"
+
+
+def set_version(name: str, seq: int, digest: str) -> str:
+    """One version: ``versions/<seq, 6 digits>-<digest>/``; sorted by name is sorted by age."""
+    if isinstance(seq, bool) or not isinstance(seq, int) or seq <= 0:
+        raise ValueError(f"invalid set version number {seq!r}")
+    if not re.fullmatch(r"[0-9a-f]{12}", digest):
+        raise ValueError(f"invalid set version digest {digest!r}")
+    return f"{set_versions(name)}{seq:06d}-{digest}/"
+
+
+def set_version_manifest(name: str, seq: int, digest: str) -> str:
+    return set_version(name, seq, digest) + "manifest.parquet"
+
+
+def set_version_record(name: str, seq: int, digest: str) -> str:
+    """When, from which SQL and catalog state: written after the manifest, so it marks a
+    complete version."""
+    return set_version(name, seq, digest) + "version.json"
+
+
+def set_version_of(name: str, key: str) -> tuple[int, str] | None:
+    """``(seq, digest)`` of a ``set_version_record`` key; None for any other key."""
+    match = re.fullmatch(re.escape(set_versions(name)) + r"([0-9]{6})-([0-9a-f]{12})/version\.json", key)
+    return (int(match[1]), match[2]) if match else None
 
 
 # --- augmented sets ----------------------------------------------------------------------------
@@ -172,6 +213,12 @@ def model_labels(version: str) -> str:
     return model_version(version) + "labels.json"
 
 
+def model_labels_version(key: str) -> str | None:
+    """The model version whose ``model_labels`` ``key`` is; None for any other key."""
+    version, _, rest = key.removeprefix(MODELS).partition("/")
+    return version if key.startswith(MODELS) and version and rest == "labels.json" else None
+
+
 def model_saved_model(version: str) -> str:
     """The SavedModel folder (TensorFlow Serving's format), with a trailing '/'."""
     return model_version(version) + "saved_model/"
@@ -236,7 +283,7 @@ def serving_version_number(key: str) -> int | None:
 
 
 IMAGE_KEY = re.compile(r"(?:catalog/images/|image-sets/[a-z0-9-]+/(?:images/|augmented/[0-9a-f]+/))"
-                       r"[0-9]+(?:_[0-9]+)?\.(?:jpg|jpeg|png)")
+                       r"[0-9]+(?:_[0-9]+|-[0-9a-f]{32})?\.(?:jpg|jpeg|png)")
 
 
 def is_image_key(key: str) -> bool:

@@ -85,15 +85,23 @@ def test_rematerialising_copies_nothing(catalog):
 
 
 def test_changing_the_sql_adds_and_removes_exactly_the_difference(catalog):
+    """The new version holds exactly the new selection; the photos only version 1 holds stay
+    while version 1 is kept, and go when it is not (``keep_versions``)."""
     backend = catalog[0]
     run_set(catalog, "some", "SELECT id FROM products WHERE id IN (1, 2, 3, 4)")
     before = set_contents(backend, "some")
     changed = meta(run_set(catalog, "some", "SELECT id FROM products WHERE id IN (3, 4, 5, 6, 7)"))
     assert (changed["copied"], changed["unchanged"], changed["removed"]) == (3, 2, 2)
+    assert (changed["version"], changed["new_version"], changed["photos_deleted"]) == (2, True, 0)
     after = set_contents(backend, "some")
-    assert set(after) == {"3.jpg", "4.jpg", "5.jpg", "6.jpg", "7.jpg"}
+    assert set(after) == {f"{i}.jpg" for i in range(1, 8)}  # 1 and 2: version 1's
     assert after["3.jpg"] == before["3.jpg"]
     assert {r["id"] for r in read_manifest(backend.store(), "some").to_pylist()} == {3, 4, 5, 6, 7}
+    assert {r["id"] for r in read_manifest(backend.store(), "some", 1).to_pylist()} == {1, 2, 3, 4}
+    third = meta(run_set(catalog, "some", "SELECT id FROM products WHERE id IN (4, 5, 6, 7)",
+                         config={"keep_versions": 1}))
+    assert (third["version"], third["versions_deleted"], third["photos_deleted"]) == (3, 2, 3)
+    assert set(set_contents(backend, "some")) == {"4.jpg", "5.jpg", "6.jpg", "7.jpg"}
 
 
 def test_a_set_split_into_shards_is_the_same_set(catalog):
@@ -137,7 +145,8 @@ def test_a_failed_shard_keeps_the_previous_set_and_a_retry_finishes_it(catalog):
     store.put_bytes("catalog/images/9.jpg", ninth)
     done.append(export_shard(store, plan.shards[2], workers=4))
     result = commit_export(store, plan, done, workers=4)
-    assert result.total("copied") == 6 and result.removed == 0  # ids 1-3 were in place already
+    assert result.total("copied") == 6 and result.plan.stale == 0  # ids 1-3 were in place already
+    assert (result.version.seq, result.new_version) == (2, True)
     assert [r["id"] for r in read_manifest(store, "retry").to_pylist()] == list(range(1, 10))
     assert not list(store.list("_work/"))
 

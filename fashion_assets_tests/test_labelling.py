@@ -262,7 +262,7 @@ def test_the_command_line(tmp_path):
 
     done = cli(["export", "two", "--format", "label-studio", "--out", str(tmp_path / "ls.json")], env)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines()[0] == (f"2 images of 'two' written to {tmp_path / 'ls.json'} (label-studio, "
+    assert done.stdout.splitlines()[0] == (f"2 images of 'two' (version 1) written to {tmp_path / 'ls.json'} (label-studio, "
                                            "no predictions for this set (no pre-annotations)).")
     assert [t["data"]["product_id"] for t in json.loads((tmp_path / "ls.json").read_text())] == [2, 6]
 

@@ -120,7 +120,7 @@ def test_the_queue_on_the_command_line(tmp_path):
                env)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[:2] == [
-        f"3 images of 'all' written to {out} (label-studio, 3 with pre-annotations of model {MODEL}).",
+        f"3 images of 'all' (version 1) written to {out} (label-studio, 3 with pre-annotations of model {MODEL}).",
         "Queue doubt: 3 of 6 images not tagged automatically, most doubtful first (2 disagree with the catalog); "
         "left out: 2 tagged automatically, 1 without a prediction, 1 near-duplicate of an image ahead of it."]
     assert [(t["data"]["product_id"], t["data"]["rank"], t["data"]["queue_reason"])

@@ -20,7 +20,7 @@ STAGES = ("catalog", "image_sets", "augmented_sets", "classifier", "predictions"
 # tests (and a notebook, or another service) can call without a Dagster instance.
 WIRING = {"definitions.py", "resources.py", "cli.py", "core/placement.py",
           *(f"{stage}/assets.py" for stage in STAGES), "image_sets/sensors.py",
-           "serving/cli.py", "labelling/cli.py"}
+           "serving/cli.py", "labelling/cli.py", "image_sets/cli.py"}
 # Top-level folders of the store (``layout.py``'s docstring lists them).
 STORE_ROOTS = ("catalog/", "image-sets/", "models/", "queries/", "serving/", "_work/", "_dagster")
 LONG_MODULE_LINES = 300

@@ -14,6 +14,7 @@ from ..core.progress import Progress
 from ..core.shards import Shard, remove_leftovers
 from ..image_sets.assets import image_queries
 from ..image_sets.export import read_manifest
+from ..image_sets.versions import made_from
 from ..resources import CatalogDatabase, ObjectStoreResource
 from .augment import DEFAULT_SPEC, SpecError, build_pipeline, spec_hash
 from .build import (
@@ -40,6 +41,9 @@ class AugmentConfig(dg.Config):
     """Processes per shard step; default: every core."""
     shard_size: int = Field(default=20_000, ge=1)
     """Images per shard: each shard is one step (one pod on Kubernetes)."""
+    set_version: str | None = None
+    """Augment this version of the image set (its number or digest: ``fashion-assets set
+    versions``); default: the newest."""
 
     @field_validator("spec")
     @classmethod
@@ -69,8 +73,8 @@ def plan_augmentation_shards(context: dg.OpExecutionContext, config: AugmentConf
         folder = layout.augmented(name, spec_hash(config.spec, config.seed))
         remove_leftovers(store_, ASSET, name, context.run_id, [folder], store.max_concurrency)
         plan = plan_augmentation(store_, name, config.spec, config.seed, config.variants,
-                                 plan_prefix(context, ASSET), config.shard_size)
-    context.log.info(f"{plan.source_images:,} images in set {name!r}; {plan.todo:,} to augment x{config.variants} "
+                                 plan_prefix(context, ASSET), config.shard_size, config.set_version)
+    context.log.info(f"{plan.source_images:,} images in set {name!r} version {plan.set_version}; {plan.todo:,} to augment x{config.variants} "
                      f"in {len(plan.shards)} shard(s), spec {plan.digest}, into {store_.uri(plan.prefix)}")
     yield from shard_outputs(plan.shards)
     yield dg.Output(plan, output_name="plan")
@@ -105,6 +109,8 @@ def write_augmented_manifest(context: dg.OpExecutionContext, config: AugmentConf
         "spec_hash": plan.digest,
         "spec": dg.MetadataValue.json({"spec": config.spec, "seed": config.seed, "variants": config.variants}),
         "source_images": plan.source_images,
+        "set_version": plan.set_version,
+        "set_version_digest": plan.set_digest,
         "augmented_now": plan.todo,
         "up_to_date": plan.source_images - plan.todo,
         "variants_written": plan.todo * plan.variants,
@@ -149,7 +155,7 @@ def augmented_count_matches(context: dg.AssetCheckExecutionContext, store: Objec
     digest = latest_digest(store_, name)
     prefix = layout.augmented(name, digest)
     manifest = read_augmented_manifest(store_, name, digest)
-    set_size = read_manifest(store_, name).num_rows
+    set_size = read_manifest(store_, name, made_from(manifest.schema)).num_rows
     variants = len(set(manifest.column("variant").to_pylist())) if manifest.num_rows else 0
     stored = {obj.key for obj in store_.list(prefix) if obj.key.endswith(".jpg")}
     missing = [k for k in manifest.column("key").to_pylist() if k not in stored]

@@ -24,6 +24,7 @@ from ..core.progress import peak_rss_mb
 from ..core.shards import Shard, ShardPlan, ShardStats, ShardWriter, delete_listed, in_plan_order, write_keys
 from ..core.storage import ObjectStore, remove_prefix
 from ..image_sets.export import read_manifest
+from ..image_sets.versions import read_version, resolve, stamp
 from .augment import augment_in_parallel, contact_sheet, spec_hash
 
 AUGMENTED_SCHEMA = pa.schema([
@@ -49,6 +50,8 @@ class AugmentPlan(ShardPlan):
     digest: str  # of spec + seed: names the output folder
     variants: int
     source_images: int = 0
+    set_version: int = 0  # the image set's version the variants are made from
+    set_digest: str = ""
 
     @property
     def prefix(self) -> str:
@@ -78,13 +81,16 @@ class AugmentResult:
 
 def plan_augmentation(
     store: ObjectStore, name: str, spec: Sequence[Mapping] | Mapping, seed: int, variants: int,
-    work_prefix: str, shard_size: int,
+    work_prefix: str, shard_size: int, set_version: str | int | None = None,
 ) -> AugmentPlan:
-    """Every image of the set whose variants are missing or were made from another version of
-    the image goes into the work lists; the rest are up to date and kept."""
+    """Every image of the set (at ``set_version``, default the newest) whose variants are
+    missing or were made from another version of the image goes into the work lists; the rest
+    are up to date and kept."""
     started = time.monotonic()
-    plan = AugmentPlan(name=name, digest=spec_hash(spec, seed), variants=variants, work_prefix=work_prefix)
-    source = read_manifest(store, name).select(["id", "key", "md5"]).to_pylist()
+    version = resolve(store, name, set_version)
+    plan = AugmentPlan(name=name, digest=spec_hash(spec, seed), variants=variants, work_prefix=work_prefix,
+                       set_version=version.seq, set_digest=version.digest)
+    source = read_version(store, version, columns=["id", "key", "md5"]).to_pylist()
     plan.source_images = len(source)
     previous: dict[tuple[int, int], str] = {}
     if store.exists(layout.augmented_manifest(name, plan.digest)):
@@ -143,7 +149,7 @@ def commit_augmentation(
     """The manifest lists every variant of every image of the set; it goes in once every shard
     is done, then stale variants go, then ``LATEST`` moves to this spec."""
     done = in_plan_order(plan.shards, shards, f"augmented set {plan.name!r}")
-    source = read_manifest(store, plan.name).select(["id", "key", "md5"])
+    source = read_manifest(store, plan.name, plan.set_digest).select(["id", "key", "md5"])
     # One row per (image, variant): row i of the set, variant k, at i * variants + k.
     repeated = source.take(pa.array(np.repeat(np.arange(source.num_rows), plan.variants)))
     variant = pa.array(np.tile(np.arange(plan.variants, dtype=np.int32), source.num_rows))
@@ -152,6 +158,7 @@ def commit_augmentation(
     table = pa.table({"id": repeated.column("id"), "variant": variant, "key": pa.array(keys, pa.string()),
                       "source_key": repeated.column("key"), "source_md5": repeated.column("md5")},
                      schema=AUGMENTED_SCHEMA)
+    table = table.cast(stamp(table.schema, plan.set_digest))
     write_parquet(store, layout.augmented_manifest(plan.name, plan.digest), table)
     removed = delete_listed(store, plan.stale_key, io_workers)
     store.put_bytes(layout.augmented_latest(plan.name), plan.digest.encode(), "text/plain")

@@ -40,3 +40,13 @@ product_images = sa.Table(
     sa.Column("phash", sa.String(64)),  # perceptual hash, 64 hex digits (catalog.duplicates)
     sa.Column("near_duplicate_group", sa.BigInteger),  # smallest product id of its group
 )
+
+
+def fingerprint(conn: sa.Connection) -> tuple[int, ...]:
+    """What changes when a newer ``product_images`` lands, in one aggregate query (a scan of the
+    table, no rows sent): row count, largest id, sum of ids, sum of photo sizes, hashed rows.
+    The gateway's near-duplicate index polls it; a set version records it as its catalog state."""
+    t = product_images.c
+    row = conn.execute(sa.select(sa.func.count(), sa.func.max(t.id), sa.func.sum(t.id), sa.func.sum(t.bytes),
+                                 sa.func.count(t.phash))).one()
+    return tuple(int(v or 0) for v in row)

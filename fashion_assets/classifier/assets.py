@@ -40,7 +40,8 @@ class ClassifierConfig(dg.Config):
     """Share of the newest product ids held out of training for the harsher 'unseen range' figure."""
     seed: int = BuildSettings.seed
     image_set: str | None = None
-    """Train on this image set (an image_set partition: a user's SQL selection) instead of the whole catalog."""
+    """Train on this image set (an image_set partition: a user's SQL selection) instead of the whole
+    catalog; ``name@3`` (or ``name@<digest>``) trains on that set version, even after newer ones."""
     use_augmented: bool = False
     """With image_set: also train on its newest augmented set."""
     model_uri: str | None = None

@@ -37,7 +37,8 @@ class TrainingRows:
         if self.source["source"] == "catalog":
             return "the catalog"
         extra = f" + augmented set {self.source['augmented_spec']}" if self.source.get("augmented_spec") else ""
-        return f"image set {self.source['image_set']!r}{extra}"
+        version = f" version {self.source['set_version']}" if self.source.get("set_version") else ""
+        return f"image set {self.source['image_set']!r}{version}{extra}"
 
 
 def catalog_rows(engine: sa.Engine) -> TrainingRows:
@@ -90,20 +91,23 @@ def near_duplicate_groups_of(engine: sa.Engine, ids: list[int]) -> dict[int, int
 
 def set_rows(store: ObjectStore, name: str, use_augmented: bool = False,
              engine: sa.Engine | None = None) -> TrainingRows:
-    """The images of one image set (what a user's SQL selected), and with ``use_augmented`` its
-    newest augmented copies, labelled from the set's manifest; a copy is in its source's group,
-    so it is never on the other side of the split from its original."""
+    """The images of one image set (what a user's SQL selected) at one version (``name@3``, or
+    ``name@<digest>``; the newest by default), and with ``use_augmented`` its newest augmented
+    copies, labelled from the set's manifest; a copy is in its source's group, so it is never
+    on the other side of the split from its original."""
     from ..augmented_sets.build import latest_digest, read_augmented_manifest
-    from ..image_sets.export import read_manifest
+    from ..image_sets.versions import NoSuchVersion, parse_ref, read_version, resolve
 
-    if not store.exists(layout.manifest(name)):
-        raise NotEnoughImages(f"image set {name!r} has no manifest ({store.uri(layout.manifest(name))}): "
-                              f"materialise image_set[{name}] first")
-    manifest_bytes = store.get_bytes(layout.manifest(name))
-    manifest = read_manifest(store, name).select(["id", "key", *HEADS]).to_pylist()
+    name, ref = parse_ref(name)
+    try:
+        version = resolve(store, name, ref)
+    except NoSuchVersion as exc:
+        raise NotEnoughImages(str(exc)) from None
+    manifest_bytes = store.get_bytes(version.manifest_key)
+    manifest = read_version(store, version, columns=["id", "key", *HEADS]).to_pylist()
     groups = near_duplicate_groups_of(engine, [r["id"] for r in manifest]) if engine is not None else {}
     rows = [dict(r, variant=0, group=groups.get(r["id"], r["id"])) for r in manifest]
-    source = {"source": "image_set", "image_set": name, "manifest_md5": md5_hex(manifest_bytes),
+    source = {"source": "image_set", **version.as_json(), "manifest_md5": md5_hex(manifest_bytes),
               "augmented_spec": None}
     if use_augmented:
         if not store.exists(layout.augmented_latest(name)):

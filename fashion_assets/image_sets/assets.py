@@ -16,14 +16,16 @@ from ..core.progress import Progress
 from ..core.reporting import drawn, markdown_table
 from ..core.shards import Shard, remove_leftovers
 from ..core.storage import md5_hex
+from ..catalog.tables import fingerprint
 from ..labelling.pictures import set_contact_sheet
 from ..resources import CatalogDatabase, ObjectStoreResource
 from .export import ExportPlan, ExportShardResult, commit_export, export_shard, plan_export, read_manifest
 from .registry import QueryRegistry
 from .sandbox import DEFAULT_TIMEOUT_S, SqlSandbox
+from .versions import DEFAULT_KEEP, WRITER, collect
 
 image_queries = dg.DynamicPartitionsDefinition(name="image_queries")
-ASSET = "image_set"
+ASSET = WRITER  # "image_set": the versions module knows whose work lists to respect
 SQL_MD5 = "sql_md5"
 
 # Sets follow the catalog: when products or product_images are re-ingested, every set is
@@ -44,6 +46,9 @@ class ImageSetConfig(dg.Config):
     """Parallel copies per shard; default: the store's max_concurrency."""
     shard_size: int = Field(default=50_000, ge=1)
     """Images per shard: each shard is one step (one pod on Kubernetes)."""
+    keep_versions: int = Field(default=DEFAULT_KEEP, ge=1)
+    """After a new version, keep this many of the newest (and every version a model names);
+    the photos only dropped versions held are deleted (``fashion-assets set gc`` does the same)."""
 
 
 @dg.op(
@@ -89,20 +94,37 @@ def copy_image_shard(context: dg.OpExecutionContext, config: ImageSetConfig, cat
 def write_image_manifest(context: dg.OpExecutionContext, config: ImageSetConfig, catalog_db: CatalogDatabase,
                          store: ObjectStoreResource, plan: ExportPlan,
                          shards: list[ExportShardResult]) -> dg.Output[None]:
-    """Writes the manifest once every shard is in place, then removes images no longer selected,
-    then gives the partition's lease back."""
+    """Commits the set version once every shard is in place (a new one only for new content),
+    collects the photos no kept version names, then gives the partition's lease back."""
     store_ = store.get_store()
     started = time.monotonic()
+    with catalog_db.engine.connect() as conn:
+        catalog_state = fingerprint(conn)
+    record = {"sql_md5": md5_hex(plan.sql.encode("utf-8")), "run_id": context.run_id,
+              "catalog": dict(zip(["images", "max_id", "id_sum", "bytes_sum", "hashed"], catalog_state))}
     with partition_lease(context, catalog_db, ASSET, release=True):
-        result = commit_export(store_, plan, shards, config.workers or store.max_concurrency)
+        result = commit_export(store_, plan, shards, config.workers or store.max_concurrency, record)
+        collected = (collect(store_, plan.name, config.keep_versions, workers=config.workers or store.max_concurrency)
+                     if result.new_version else None)
     copied, unchanged = result.total("copied"), result.total("unchanged")
+    version = result.version
     context.log.info(f"{plan.exported:,} images in the set: {copied:,} copied, {unchanged:,} unchanged, "
-                     f"{result.removed:,} removed, {plan.missing:,} selected ids without an image")
+                     f"{plan.stale:,} no longer selected, {plan.missing:,} selected ids without an image; "
+                     + (f"new version {version.seq} ({version.digest})" if result.new_version
+                        else f"same content as version {version.seq} ({version.digest}): no new version"))
+    if collected and (collected.dropped or collected.deleted):
+        context.log.info(f"Kept versions {collected.kept}, dropped {collected.dropped}; deleted "
+                         f"{collected.deleted:,} photos ({collected.deleted_bytes:,} bytes) no kept version names")
     seconds = plan.seconds + sum(s.seconds for s in result.shards)
     sheet, sheet_error = drawn(context.log.warning, "contact sheet", set_contact_sheet, store_, plan.name,
                                workers=config.workers or store.max_concurrency)
     preview_columns = ["id", "article_type", "base_colour", "gender", "product_display_name", "key"]
-    return dg.Output(None, metadata={
+    return dg.Output(None, data_version=dg.DataVersion(version.digest), metadata={
+        "version": version.seq,
+        "version_digest": version.digest,
+        "new_version": result.new_version,
+        "versions_deleted": len(collected.dropped) if collected else 0,
+        "photos_deleted": collected.deleted if collected else 0,
         "sql": dg.MetadataValue.md(f"```sql\n{plan.sql.strip()}\n```"),
         # What the sensor compares a query file with (see sensors.py): the MD5 of the SQL as stored.
         SQL_MD5: md5_hex(plan.sql.encode("utf-8")),
@@ -110,7 +132,7 @@ def write_image_manifest(context: dg.OpExecutionContext, config: ImageSetConfig,
         "selected": plan.selected,
         "copied": copied,
         "unchanged": unchanged,
-        "removed": result.removed,
+        "removed": plan.stale,  # ids of the previous version no longer selected
         "missing": plan.missing,
         "missing_ids": dg.MetadataValue.text(", ".join(map(str, plan.missing_ids)) or "none"),
         "bytes": dg.MetadataValue.int(result.total("bytes_total")),
@@ -122,7 +144,8 @@ def write_image_manifest(context: dg.OpExecutionContext, config: ImageSetConfig,
         "query_chunks": plan.query.chunks,
         "query_columns": ", ".join(plan.columns),
         **step_figures(plan, started, result.shards),
-        "manifest": store_.uri(layout.manifest(plan.name)),
+        "manifest": store_.uri(layout.manifest(plan.name)),  # the newest version's, copied
+        "version_manifest": store_.uri(version.manifest_key),
         "preview": dg.MetadataValue.md(
             markdown_table(preview_columns, [[row.get(c) for c in preview_columns] for row in plan.preview])
         ),
@@ -142,13 +165,17 @@ def write_image_manifest(context: dg.OpExecutionContext, config: ImageSetConfig,
     automation_condition=FOLLOWS_THE_CATALOG,
 )
 def image_set(products, product_images):
-    """The images a query selects, copied to ``image-sets/<name>/images/<id>.jpg``, with
-    ``image-sets/<name>/manifest.parquet`` (id, key, md5, product columns) written last.
+    """The images a query selects, as an immutable set version: photos copied once to
+    ``image-sets/<name>/images/``, the version's manifest (id, key, md5, product columns) under
+    ``image-sets/<name>/versions/<seq>-<digest>/``, and a copy of it at
+    ``image-sets/<name>/manifest.parquet``.
 
     The query is ``queries/<name>.sql`` in the store (``fashion-assets query add``). It runs
     read-only with a timeout and is streamed in chunks; the copying is split into shards of
-    ``shard_size`` images, one step each. Re-materialising copies only what changed and
-    removes images no longer selected; selected ids without an image are listed.
+    ``shard_size`` images, one step each. Re-materialising copies only photos no version holds;
+    the same content makes no new version, so the ``DataVersion`` (the version's digest), and
+    with it the staleness of what reads the set, follows content. The newest ``keep_versions``
+    and every version a model names are kept; selected ids without an image are listed.
     """
     shards, plan = select_images(products=products, product_images=product_images)
     return write_image_manifest(plan, shards.map(copy_image_shard).collect())

@@ -1,19 +1,19 @@
-"""Export an image set: run a query in the sandbox, copy the selected catalog images to
-``image-sets/<name>/images/<id>.jpg`` and write ``image-sets/<name>/manifest.parquet`` (keys:
+"""Export an image set: run a query in the sandbox, put the selected catalog images in the
+set's store of photos and commit the result as a set version (``versions``; keys:
 ``fashion_assets.layout``).
 
-Incremental: an image already there with the catalog's MD5 is not copied again, and images no
-longer selected are removed. "Already there" is judged from state, not from the store's ETags
-(a multipart or SSE-KMS ETag is not an MD5) and without hashing anything: the previous
-manifest recorded the image with the catalog's MD5 and a size, and the listing shows the
-object with that size (and that MD5 where the store knows it cheaply: ``holds_recorded``).
-Order matters so that a failed run never leaves a manifest that lies: copy first (adds and
-overwrites only), then write the new manifest, then remove what is no longer selected. If a
-run dies while copying, the previous manifest still describes objects that are all there.
+Incremental: a photo some version of the set already holds is not copied again, wherever it is
+(the manifests say which key holds which id and MD5, the listing that it is still there as
+recorded: ``holds_recorded``; nothing is read or hashed, and no store ETag is trusted to be an
+MD5). A new photo goes to ``images/<id>.jpg`` unless a version names that key already, then to
+``images/<id>-<md5>.jpg``: no object a version names is ever overwritten. Images no longer
+selected stay while a kept version names them (``versions.collect`` removes the rest). Order
+matters so that a failed run never leaves a version that lies: copy first, then commit the
+version. If a run dies while copying, every version still describes objects that are all there.
 
 The work comes in three parts so that a large set spreads over many steps (``core.shards``):
 ``plan_export`` runs the query and writes shards of work, ``export_shard`` puts one shard's
-images in place, ``commit_export`` writes the manifest. Plain module: no Dagster.
+images in place, ``commit_export`` commits the version. Plain module: no Dagster.
 """
 
 from __future__ import annotations
@@ -27,13 +27,13 @@ import sqlalchemy as sa
 
 from .. import layout
 from ..catalog.tables import product_images, products
-from ..core import parquet
 from ..core.parallel import bounded_map
 from ..core.parquet import concat_parquet, read_parquet
 from ..core.progress import peak_rss_mb
-from ..core.shards import Shard, ShardPlan, ShardStats, ShardWriter, delete_listed, in_plan_order, write_keys
+from ..core.shards import Shard, ShardPlan, ShardStats, ShardWriter, in_plan_order
 from ..core.storage import ObjectStore, holds_recorded, remove_prefix
 from .sandbox import QueryStats, SqlSandbox, as_id
+from .versions import SetVersion, commit_version, list_versions, read_version, resolve, stored_photos, upgrade
 
 PRODUCT_COLUMNS = [c.name for c in products.columns if c.name != "id"]
 MANIFEST_SCHEMA = pa.schema(
@@ -53,9 +53,9 @@ MANIFEST_SCHEMA = pa.schema(
 LOOKUP_BATCH = 1_000  # ids per IN (...) lookup: well under SQLite's and PostgreSQL's parameter limits
 
 
-# A shard's work list: the manifest row plus the MD5 stored at its key now: the previous
-# manifest's MD5 when the listing shows the object as recorded (``holds_recorded``); None when
-# it is not there or not known to be what was recorded (then it is copied).
+# A shard's work list: the manifest row plus the MD5 stored at its key now: the recorded MD5 when
+# a version names the key and the listing shows the object as recorded (``holds_recorded``);
+# None when it is not there or not known to be what was recorded (then it is copied).
 WORK_SCHEMA = MANIFEST_SCHEMA.append(pa.field("stored_md5", pa.string()))
 
 
@@ -69,7 +69,8 @@ class ExportPlan(ShardPlan):
     exported: int = 0  # of those, with an image: the set's size
     missing: int = 0  # selected ids without a catalog image
     missing_ids: list[int] = field(default_factory=list)  # the first 100 of them
-    stale: int = 0  # images in the set no longer selected: removed after the manifest
+    stale: int = 0  # ids of the newest version no longer selected
+    base: SetVersion | None = None  # the newest version when the plan was made
     query: QueryStats = field(default_factory=QueryStats)
     preview: list[dict] = field(default_factory=list)
 
@@ -86,7 +87,8 @@ class ExportShardResult(ShardStats):
 class ExportResult:
     plan: ExportPlan
     shards: list[ExportShardResult]
-    removed: int = 0
+    version: SetVersion
+    new_version: bool  # False: the content was the newest version's, and nothing was written
 
     def total(self, attribute: str) -> int:
         return sum(getattr(s, attribute) for s in self.shards)
@@ -105,15 +107,6 @@ def _lookup(engine: sa.Engine, ids: list[int]) -> dict[int, dict]:
             for row in conn.execute(query, {"ids": ids[start : start + LOOKUP_BATCH]}).mappings():
                 found[row["id"]] = dict(row)
     return found
-
-
-def _recorded(store: ObjectStore, name: str) -> dict[str, tuple[str, int]]:
-    """``{key: (md5, bytes)}`` from the set's manifest (written last by the previous successful
-    run, so every image it lists was in place); empty for a new set."""
-    if not store.exists(layout.manifest(name)):
-        return {}
-    rows = read_parquet(store, layout.manifest(name), columns=["key", "md5", "bytes"]).to_pylist()
-    return {row["key"]: (row["md5"], row["bytes"]) for row in rows}
 
 
 def plan_export(
@@ -137,14 +130,19 @@ def plan_export(
     plan = ExportPlan(name=name, sql=sql, work_prefix=work_prefix)
     started = time.monotonic()
     guard = sandbox.guard()
-    # What is at each key of the set now: the MD5 the previous manifest recorded for it when the
-    # object is still as recorded, else None (copy it). Nothing is read or hashed in the store.
-    recorded = _recorded(store, name)
-    stored: dict[str, str | None] = {}
+    upgrade(store, name)  # a set from before versions becomes version 1 (no photo copied)
+    versions = list_versions(store, name)
+    plan.base = versions[-1] if versions else None
+    base_ids = set(read_version(store, plan.base, columns=["id"])["id"].to_pylist()) if plan.base else set()
+    # Which photo each key holds, from every version's manifest; kept only where the listing
+    # shows the object as recorded. Nothing is read or hashed in the store.
+    named = stored_photos(store, name)
+    held: dict[tuple[int, str], str] = {}
     for obj in store.list(layout.set_images(name)):
-        md5, size = recorded.pop(obj.key, (None, None))
-        stored[obj.key] = md5 if holds_recorded(obj, md5, size) else None
-    del recorded
+        if obj.key in named:
+            product_id, md5, size = named[obj.key]
+            if holds_recorded(obj, md5, size):
+                held[(product_id, md5)] = obj.key
     selected_ids: set[int] = set()
     writer = ShardWriter(store, work_prefix, WORK_SCHEMA, shard_size)
     for columns, rows in sandbox.stream(sql, plan.query):
@@ -166,9 +164,14 @@ def plan_export(
                 if len(plan.missing_ids) < 100:
                     plan.missing_ids.append(product_id)
                 continue
-            item = {"id": product_id, "key": layout.set_image(name, product_id), "source_key": image["key"]}
+            key = held.get((product_id, image["md5"]))
+            if key is None:
+                key = layout.set_image(name, product_id)
+                if key in named:  # a version holds another photo there: never overwrite it
+                    key = layout.set_image_version(name, product_id, image["md5"])
+            item = {"id": product_id, "key": key, "source_key": image["key"]}
             item.update({c: image[c] for c in MANIFEST_SCHEMA.names if c not in item})
-            item["stored_md5"] = stored.get(item["key"])
+            item["stored_md5"] = image["md5"] if held.get((product_id, image["md5"])) == key else None
             items.append(item)
         writer.add(items)
         plan.exported += len(items)
@@ -177,8 +180,7 @@ def plan_export(
         on_progress(len(ids))
     plan.shards = writer.close()
     plan.selected = len(selected_ids)
-    plan.stale = write_keys(store, plan.stale_key,
-                            (key for key in stored if layout.set_image_id(name, key) not in selected_ids))
+    plan.stale = len(base_ids - selected_ids)
     plan.seconds = time.monotonic() - started
     plan.peak_rss_mb = peak_rss_mb()
     return plan
@@ -218,19 +220,22 @@ def export_shard(
     return result
 
 
-def commit_export(store: ObjectStore, plan: ExportPlan, shards: list[ExportShardResult], workers: int) -> ExportResult:
-    """Write the manifest once every shard's images are in place, then remove what is no longer
-    selected, then the work lists: a failure at any point leaves a manifest that tells the truth."""
+def commit_export(store: ObjectStore, plan: ExportPlan, shards: list[ExportShardResult], workers: int,
+                  record: dict | None = None) -> ExportResult:
+    """Commit the set version once every shard's images are in place (a new one only when the
+    content differs from the newest: ``versions.commit_version``), then remove the work lists:
+    a failure at any point leaves versions that tell the truth. ``record`` adds to the
+    version's ``version.json`` (SQL hash, catalog state)."""
     done = in_plan_order(plan.shards, shards, f"image set {plan.name!r}")
     manifest = concat_parquet(store, [s.key for s in plan.shards], MANIFEST_SCHEMA)
-    store.put_bytes(layout.manifest(plan.name), manifest, parquet.CONTENT_TYPE)
-    removed = delete_listed(store, plan.stale_key, workers)
+    version, created = commit_version(store, plan.name, manifest, record or {})
     remove_prefix(store, plan.work_prefix, workers)
-    return ExportResult(plan=plan, shards=done, removed=removed)
+    return ExportResult(plan=plan, shards=done, version=version, new_version=created)
 
 
-def read_manifest(store: ObjectStore, name: str) -> pa.Table:
-    return read_parquet(store, layout.manifest(name))
+def read_manifest(store: ObjectStore, name: str, version: str | int | None = None) -> pa.Table:
+    """The manifest of set ``name`` at ``version`` (its number or digest; None: the newest)."""
+    return read_version(store, resolve(store, name, version))
 
 
 def purge_image_set(store: ObjectStore, name: str, workers: int = 16) -> int:

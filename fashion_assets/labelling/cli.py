@@ -34,10 +34,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     with _resources() as resources:
         result = export_set(resources.store.get_store(), resources.catalog_db.engine, args.name, args.format,
                             args.out, expires_s=args.expires, document_root=args.document_root,
-                            queue=args.queue, limit=args.limit, seed=args.seed)
+                            queue=args.queue, limit=args.limit, seed=args.seed, version=args.version)
     predicted = (f", {result.with_predictions:,} with pre-annotations of model {result.model_version}"
                  if result.with_predictions else ", no predictions for this set (no pre-annotations)")
-    print(f"{result.tasks:,} images of {args.name!r} written to {result.path} ({args.format}"
+    print(f"{result.tasks:,} images of {args.name!r} (version {result.set_version}) written to {result.path} ({args.format}"
           f"{predicted if args.format != 'coco' else ''}).")
     if result.queue:
         print(queue_line(result.queue))
@@ -86,6 +86,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     export = commands.add_parser("export", help="an image set for labelling: Label Studio tasks, COCO or CSV")
     export.add_argument("name", help="the image set (a query's name)")
     export.add_argument("--format", required=True, choices=FORMATS)
+    export.add_argument("--version", help="the set version (its number or digest: `fashion-assets set versions`); "
+                                          "default: the newest")
     export.add_argument("--out", required=True, help="the file to write (label-studio: the labelling "
                         "configuration goes beside it, as <stem>.xml)")
     export.add_argument("--expires", type=int, default=DEFAULT_EXPIRES_S,

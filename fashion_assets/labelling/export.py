@@ -45,7 +45,7 @@ from .. import layout
 from ..catalog.tables import products
 from ..classifier.labels import HEADS
 from ..core.storage import ObjectStore, S3ObjectStore
-from ..image_sets.export import read_manifest
+from ..image_sets.versions import list_versions, read_version, resolve
 from ..image_sets.registry import QueryRegistry
 from ..predictions.table import predictions as predictions_table
 from .queue import DEFAULT_SEED, Queued, QueueResult, build_queue
@@ -77,6 +77,7 @@ class SetForLabelling:
     items: list[Item]
     model_version: str | None  # of the predictions, when the set has them
     classes: dict[str, list[str]] = field(default_factory=dict)  # head -> every class an annotator may pick
+    set_version: int = 0  # the set version the items are from
 
 
 @dataclass
@@ -87,20 +88,20 @@ class ExportResult:
     model_version: str | None
     config_path: Path | None = None
     queue: QueueResult | None = None
+    set_version: int = 0
 
 
-def load_set(store: ObjectStore, engine: sa.Engine, name: str) -> SetForLabelling:
-    """The set's images and catalog labels (its manifest), its predictions of the original images
-    (table ``predictions``) and the classes per head. ``ValueError`` naming the set when there is
-    no such query or the set was never materialised."""
+def load_set(store: ObjectStore, engine: sa.Engine, name: str, version: str | int | None = None) -> SetForLabelling:
+    """The set's images and catalog labels (the manifest of ``version``, default the newest),
+    its predictions of the original images (table ``predictions``, by product id) and the
+    classes per head. ``ValueError`` naming the set when there is no such query, the set was
+    never materialised or has no such version."""
     layout.check_name(name)
-    if not store.exists(layout.manifest(name)):
-        if not store.exists(layout.query(name)):
-            known = ", ".join(sorted(QueryRegistry(store).checksums())) or "none"
-            raise ValueError(f"unknown image set {name!r}: no query of that name (known: {known})")
-        raise ValueError(f"image set {name!r} has never been materialised (no {store.uri(layout.manifest(name))}): "
-                         f"materialise image_set[{name}] first")
-    manifest = read_manifest(store, name).to_pylist()
+    if not list_versions(store, name) and not store.exists(layout.query(name)):
+        known = ", ".join(sorted(QueryRegistry(store).checksums())) or "none"
+        raise ValueError(f"unknown image set {name!r}: no query of that name (known: {known})")
+    set_version = resolve(store, name, version)  # NoSuchVersion (a ValueError) says what there is
+    manifest = read_version(store, set_version).to_pylist()
     items = [Item(row["id"], row["key"], row.get("width"), row.get("height"), {h: row.get(h) for h in HEADS},
                   row.get("product_display_name")) for row in manifest]
     columns = [predictions_table.c.id, predictions_table.c.model_version,
@@ -117,7 +118,7 @@ def load_set(store: ObjectStore, engine: sa.Engine, name: str) -> SetForLabellin
             item.predicted = {h: (row._mapping[f"{h}_label"], float(row._mapping[f"{h}_confidence"])) for h in HEADS}
     classes = {h: sorted(set(catalog_classes[h]) | {i.catalog[h] for i in items if i.catalog[h]}
                          | {i.predicted[h][0] for i in items if i.predicted}) for h in HEADS}
-    return SetForLabelling(name, items, versions[-1] if versions else None, classes)
+    return SetForLabelling(name, items, versions[-1] if versions else None, classes, set_version.seq)
 
 
 def local_files_url(store: ObjectStore, key: str, document_root: str | os.PathLike) -> str:
@@ -249,9 +250,11 @@ def config_path_for(path: Path) -> Path:
 
 def export_set(store: ObjectStore, engine: sa.Engine, name: str, fmt: str, out: str | os.PathLike,
                expires_s: int = DEFAULT_EXPIRES_S, document_root: str | os.PathLike | None = None,
-               queue: str | None = None, limit: int | None = None, seed: int = DEFAULT_SEED) -> ExportResult:
+               queue: str | None = None, limit: int | None = None, seed: int = DEFAULT_SEED,
+               version: str | int | None = None) -> ExportResult:
     """Write set ``name`` in format ``fmt`` to ``out`` (and, for Label Studio, its configuration
-    beside it: ``config_path_for``); with ``queue``, only the queue's images, in its order."""
+    beside it: ``config_path_for``) at set ``version`` (default: the newest); with ``queue``,
+    only the queue's images, in its order."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}: one of {', '.join(FORMATS)}")
     if expires_s <= 0:
@@ -262,7 +265,7 @@ def export_set(store: ObjectStore, engine: sa.Engine, name: str, fmt: str, out: 
     check_writable(path)
     if fmt == "label-studio":
         check_writable(config_path_for(path))
-    selection = load_set(store, engine, name)
+    selection = load_set(store, engine, name, version)
     queued = None
     if queue is not None:
         queued = build_queue(engine, name, [i.id for i in selection.items], queue, limit, seed)
@@ -282,4 +285,5 @@ def export_set(store: ObjectStore, engine: sa.Engine, name: str, fmt: str, out: 
         files = {path: csv_text(selection, store)}
     write_atomically(files)
     with_predictions = sum(1 for i in selection.items if i.predicted)
-    return ExportResult(path, len(selection.items), with_predictions, selection.model_version, config_path, queued)
+    return ExportResult(path, len(selection.items), with_predictions, selection.model_version, config_path, queued,
+                        selection.set_version)

@@ -25,6 +25,7 @@ from ..core.progress import Progress
 from ..core.reporting import drawn, markdown_table
 from ..core.shards import Shard, remove_leftovers
 from ..image_sets.assets import image_queries
+from ..image_sets.versions import made_from
 from ..labelling.pictures import disagreement_gallery, disagreements
 from ..resources import CatalogDatabase, ObjectStoreResource
 from .build import (
@@ -45,6 +46,8 @@ class PredictionsConfig(dg.Config):
     batch_size: int = 128
     shard_size: int = Field(default=100_000, ge=1)
     """Images per shard: each shard is one step (one GPU pod on Kubernetes)."""
+    set_version: str | None = None
+    """Predict this version of the image set (its number or digest); default: the newest."""
 
 
 @dg.op(
@@ -58,7 +61,8 @@ def plan_prediction_shards(context: dg.OpExecutionContext, config: PredictionsCo
     name, store_ = context.partition_key, store.get_store()
     with partition_lease(context, catalog_db, ASSET):
         remove_leftovers(store_, ASSET, name, context.run_id, [layout.predictions(name)], store.max_concurrency)
-        plan = plan_predictions(store_, name, config.source, plan_prefix(context, ASSET), config.shard_size)
+        plan = plan_predictions(store_, name, config.source, plan_prefix(context, ASSET), config.shard_size,
+                                config.set_version)
     context.log.info(f"Predicting {plan.inputs:,} {config.source} images of {plan.name!r} with model "
                      f"{plan.model_version}, in {len(plan.shards)} shard(s)")
     yield from shard_outputs(plan.shards)
@@ -91,7 +95,7 @@ def write_predictions(context: dg.OpExecutionContext, config: PredictionsConfig,
         result = commit_predictions(catalog_db.engine, store_, plan, shards, store.max_concurrency)
     seconds = sum(s.seconds for s in result.shards)
     preview_columns = ["id", "variant", *[f"{h}_label" for h in HEADS], "article_type_confidence"]
-    keys = {(r["id"], r["variant"]): r["key"] for r in input_table(store_, plan.name, plan.source).to_pylist()}
+    keys = {(r["id"], r["variant"]): r["key"] for r in input_table(store_, plan.name, plan.source, plan.set_digest).to_pylist()}
     found = disagreements(catalog_db.engine, plan.name)
     gallery, gallery_error = drawn(context.log.warning, "disagreement gallery", disagreement_gallery, store_, found,
                                    plan.name, keys, workers=store.max_concurrency)
@@ -100,6 +104,8 @@ def write_predictions(context: dg.OpExecutionContext, config: PredictionsConfig,
         "dagster/row_count": result.rows,
         "source": plan.source,
         "model_version": plan.model_version,
+        "set_version": plan.set_version,
+        "set_version_digest": plan.set_digest,
         "rate_images_per_s": dg.MetadataValue.float(round(result.rows / seconds, 1) if seconds else 0.0),
         **step_figures(plan, started, result.shards),
         "model_load_seconds": dg.MetadataValue.float(round(max(s.model_load_seconds for s in result.shards), 2)
@@ -154,7 +160,7 @@ def _stored_predictions(context: dg.AssetCheckExecutionContext, store: ObjectSto
 def one_row_per_input(context: dg.AssetCheckExecutionContext, store: ObjectStoreResource) -> dg.AssetCheckResult:
     store_, table = _stored_predictions(context, store, ["source"])
     source = table.column("source")[0].as_py() if table.num_rows else "original"
-    inputs = input_table(store_, context.partition_key, source).num_rows
+    inputs = input_table(store_, context.partition_key, source, made_from(table.schema)).num_rows
     return dg.AssetCheckResult(passed=table.num_rows == inputs, metadata={"rows": table.num_rows, "inputs": inputs})
 
 

@@ -32,6 +32,7 @@ from ..core.progress import peak_rss_mb
 from ..core.shards import Shard, ShardPlan, ShardStats, ShardWriter, in_plan_order
 from ..core.storage import ObjectStore, remove_prefix
 from ..image_sets.export import read_manifest
+from ..image_sets.versions import resolve, stamp
 from .table import PARQUET_SCHEMA as PREDICTION_SCHEMA
 from .table import predictions as predictions_table
 
@@ -43,6 +44,8 @@ class PredictPlan(ShardPlan):
     source: str  # original | augmented
     model_version: str  # every shard predicts with this one, even if LATEST moves meanwhile
     inputs: int = 0
+    set_version: int = 0  # the image set's version predicted (the newest when planned, or the one named)
+    set_digest: str = ""
     created_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc))
 
 
@@ -64,20 +67,24 @@ class PredictResult:
     preview: list[dict] = field(default_factory=list)
 
 
-def input_table(store: ObjectStore, name: str, source: str) -> pa.Table:
-    """(id, variant, key) of the set's images, or of its newest augmented set."""
+def input_table(store: ObjectStore, name: str, source: str, set_version: str | int | None = None) -> pa.Table:
+    """(id, variant, key) of the set's images at ``set_version`` (default: the newest), or of
+    its newest augmented set."""
     if source == "original":
-        manifest = read_manifest(store, name).select(["id", "key"])
+        manifest = read_manifest(store, name, set_version).select(["id", "key"])
         variant = pa.array([0] * manifest.num_rows, pa.int32())
         return pa.table({"id": manifest.column("id"), "variant": variant, "key": manifest.column("key")},
                         schema=INPUT_SCHEMA)
     return read_augmented_manifest(store, name).select(INPUT_SCHEMA.names)
 
 
-def plan_predictions(store: ObjectStore, name: str, source: str, work_prefix: str, shard_size: int) -> PredictPlan:
+def plan_predictions(store: ObjectStore, name: str, source: str, work_prefix: str, shard_size: int,
+                     set_version: str | int | None = None) -> PredictPlan:
     started = time.monotonic()
-    plan = PredictPlan(name=name, source=source, model_version=latest_version(store), work_prefix=work_prefix)
-    inputs = input_table(store, name, source)
+    version = resolve(store, name, set_version)
+    plan = PredictPlan(name=name, source=source, model_version=latest_version(store), work_prefix=work_prefix,
+                       set_version=version.seq, set_digest=version.digest)
+    inputs = input_table(store, name, source, version.digest)
     plan.inputs = inputs.num_rows
     writer = ShardWriter(store, work_prefix, INPUT_SCHEMA, shard_size)
     writer.add(inputs.to_pylist())
@@ -123,7 +130,9 @@ def commit_predictions(
     buffer = io.BytesIO()
 
     def rows() -> Iterator[dict]:
-        with pq.ParquetWriter(buffer, PREDICTION_SCHEMA, compression="zstd") as writer:
+        # The Parquet copy says which set version it predicted (``versions.made_from``).
+        schema = stamp(PREDICTION_SCHEMA, plan.set_digest)
+        with pq.ParquetWriter(buffer, schema, compression="zstd") as writer:
             for shard in done:
                 table = read_parquet(store, shard.rows_key)
                 writer.write_table(table)

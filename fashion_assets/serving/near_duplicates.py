@@ -26,7 +26,7 @@ import sqlalchemy as sa
 from PIL import Image
 
 from ..catalog.duplicates import HASH_SIZE, MAX_DISTANCE, perceptual_hash
-from ..catalog.tables import product_images
+from ..catalog.tables import fingerprint, product_images
 
 LIMIT = 10  # near-duplicates in one answer, closest first
 WORDS = HASH_SIZE * HASH_SIZE // 64  # 4 words of 64 bits
@@ -89,15 +89,6 @@ class NearDuplicateIndex:
         close = np.flatnonzero(distance <= self.max_distance)
         order = np.lexsort((self.ids[close], distance[close]))[: self.limit]
         return [{"id": int(self.ids[i]), "distance": int(distance[i])} for i in close[order]]
-
-
-def fingerprint(conn: sa.Connection) -> tuple[int, ...]:
-    """What changes when a newer ``product_images`` lands, in one aggregate query (a scan of the
-    table, no rows sent): row count, largest id, sum of ids, sum of photo sizes, hashed rows."""
-    t = product_images.c
-    row = conn.execute(sa.select(sa.func.count(), sa.func.max(t.id), sa.func.sum(t.id), sa.func.sum(t.bytes),
-                                 sa.func.count(t.phash))).one()
-    return tuple(int(v or 0) for v in row)
 
 
 def read_index(conn: sa.Connection, max_distance: int = MAX_DISTANCE, limit: int = LIMIT) -> NearDuplicateIndex:
