@@ -97,10 +97,11 @@ def set_image(name: str, product_id: int) -> str:
     return f"{set_images(name)}{product_id}.jpg"
 
 
-def set_image_id(name: str, key: str) -> int | None:
-    """The product id of a ``set_image`` key; None for any other key."""
-    stem = key.removeprefix(set_images(name)).removesuffix(".jpg")
-    return int(stem) if key.startswith(set_images(name)) and stem.isdigit() else None
+def set_image_of(key: str) -> tuple[str, int] | None:
+    """``(set name, product id)`` of a ``set_image`` key (``image-sets/<name>/images/<id>.jpg``);
+    None for any other key."""
+    match = re.fullmatch(r"image-sets/([a-z0-9-]+)/images/([0-9]+)\.jpg", key)
+    return (match[1], int(match[2])) if match and QUERY_NAME.fullmatch(match[1]) else None
 
 
 def set_image_version(name: str, product_id: int, md5: str) -> str:

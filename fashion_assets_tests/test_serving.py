@@ -491,6 +491,15 @@ def test_store_key(pipeline, default_gateway):
     assert one.status_code == 200, one.text
     assert_same_as_table(one.json()["predictions"], row)
     assert one.json()["near_duplicates"][0] == {"id": row["id"], "distance": 0}
+    # A set's product at a named version (its number, digest or "latest").
+    for version in ("1", "latest"):
+        named = httpx.post(base + "/v1/predict", json={"key": layout.set_image("all", row["id"]), "version": version})
+        assert named.status_code == 200, named.text
+        assert_same_as_table(named.json()["predictions"], row)
+    missing = httpx.post(base + "/v1/predict", json={"key": layout.set_image("all", row["id"]), "version": 9})
+    assert missing.status_code == 404 and missing.json()["error"].startswith("image set 'all' has no version '9'")
+    not_a_set = httpx.post(base + "/v1/predict", json={"key": layout.catalog_image(row["id"]), "version": 1})
+    assert not_a_set.status_code == 400 and "image-sets/<name>/images/<id>.jpg" in not_a_set.json()["error"]
     keys = [layout.catalog_image(r["id"]) for r in rows[:4]]
     many = httpx.post(base + "/v1/predict", json={"keys": keys}).json()["results"]
     assert [m["input"] for m in many] == [f"key {k}" for k in keys]

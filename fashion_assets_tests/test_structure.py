@@ -143,9 +143,14 @@ def test_the_layout_is_the_stored_one():
 
 
 def test_layout_refuses_names_that_would_escape_their_folder():
-    assert layout.set_image_id("red-shoes", "image-sets/red-shoes/images/15970.jpg") == 15970
-    assert layout.set_image_id("red-shoes", "image-sets/red-shoes/images/.15970.jpg.tmp") is None
-    assert layout.set_image_id("red-shoes", "image-sets/blue-shoes/images/15970.jpg") is None
+    assert layout.set_image_of("image-sets/red-shoes/images/15970.jpg") == ("red-shoes", 15970)
+    assert layout.set_image_of("image-sets/red-shoes/images/.15970.jpg.tmp") is None
+    assert layout.set_image_of("image-sets/red-shoes/images/15970-" + "a" * 32 + ".jpg") is None
+    assert layout.set_image_version("red-shoes", 15970, "a" * 32) == f"image-sets/red-shoes/images/15970-{'a' * 32}.jpg"
+    assert layout.set_version_record("red-shoes", 3, "0123456789ab") == \
+        "image-sets/red-shoes/versions/000003-0123456789ab/version.json"
+    assert layout.set_version_of("red-shoes", "image-sets/red-shoes/versions/000003-0123456789ab/version.json") == \
+        (3, "0123456789ab")
     assert layout.query_name("queries/red-shoes.sql") == "red-shoes"
     assert [layout.query_name(k) for k in ("queries/Red.sql", "queries/a/b.sql", "queries/x.txt")] == [None] * 3
     for bad in ("../x", "a/b", "", "-x", "X"):

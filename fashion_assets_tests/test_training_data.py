@@ -26,6 +26,7 @@ from fashion_assets.classifier.train import TrainConfig, hold_out_newest, split_
 from fashion_assets.core.storage import LocalObjectStore, md5_hex
 from fashion_assets.image_sets.assets import image_queries, image_set
 from fashion_assets.image_sets.registry import QueryRegistry
+from fashion_assets.image_sets.versions import resolve
 from fashion_assets.resources import CatalogDatabase
 
 from .catalog_files import write_styles
@@ -206,7 +207,8 @@ def test_training_on_an_image_set_uses_exactly_that_sets_images(backend, tmp_pat
     assert meta["training_images"] + (meta["validation_images"] + meta["unseen_images"]) * copies == \
         len(set_ids) * copies
     spec = store.get_bytes(layout.augmented_latest("shirts")).decode() if use_augmented else None
-    assert trained_on == {"source": "image_set", "image_set": "shirts", "augmented_spec": spec,
+    assert trained_on == {"source": "image_set", "image_set": "shirts", "augmented_spec": spec, "set_version": 1,
+                          "set_version_digest": resolve(store, "shirts").digest,
                           "manifest_md5": md5_hex(store.get_bytes(layout.manifest("shirts"))),
                           "images": meta["training_images"]}
     labels = json.loads(store.get_bytes(layout.model_labels(meta["version"])))

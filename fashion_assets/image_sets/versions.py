@@ -24,6 +24,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -113,14 +114,14 @@ def list_versions(store: ObjectStore, name: str) -> list[SetVersion]:
 
 def resolve(store: ObjectStore, name: str, ref: str | int | None = None) -> SetVersion:
     """The version ``ref`` names (its number, or its digest or a prefix of 4+ characters of it),
-    or the newest when ``ref`` is None; :class:`NoSuchVersion` says what there is."""
+    or the newest when ``ref`` is None or "latest"; :class:`NoSuchVersion` says what there is."""
     versions = list_versions(store, name)
     if not versions:
         raise NoSuchVersion(f"image set {name!r} has no versions (no {store.uri(layout.set_versions(name))}): "
                             f"materialise image_set[{name}] first")
-    if ref is None:
+    ref = None if ref is None else str(ref).strip().lower()
+    if ref in (None, "latest"):
         return versions[-1]
-    ref = str(ref).strip().lower()
     if ref.isdigit():
         matches = [v for v in versions if v.seq == int(ref)]
     else:
@@ -319,3 +320,29 @@ def collect_under_lease(engine, store: ObjectStore, name: str, keep: int = DEFAU
             return collect(store, name, keep, workers=workers)
     finally:
         leases.release(engine, lease)
+
+
+class PhotoKeys:
+    """Where a product's photo is in one version of a set, for readers that name a product
+    rather than a key (the gateway's ``{"key": ..., "version": ...}``). A version never changes,
+    so each version's ``{id: key}`` is read once and kept (the newest ``cached`` versions)."""
+
+    def __init__(self, store: ObjectStore, cached: int = 8):
+        self.store, self.cached = store, cached
+        self._maps: dict[tuple[str, str], dict[int, str]] = {}
+        self._lock = threading.Lock()
+
+    def key(self, name: str, ref: str | int | None, product_id: int) -> str:
+        version = resolve(self.store, name, ref)
+        with self._lock:
+            keys = self._maps.get((name, version.digest))
+        if keys is None:
+            table = read_version(self.store, version, columns=["id", "key"])
+            keys = dict(zip(table["id"].to_pylist(), table["key"].to_pylist()))
+            with self._lock:
+                self._maps[(name, version.digest)] = keys
+                while len(self._maps) > self.cached:
+                    self._maps.pop(next(iter(self._maps)))
+        if product_id not in keys:
+            raise NoSuchVersion(f"product {product_id} is not in image set {name!r} version {version.seq}")
+        return keys[product_id]

@@ -4,7 +4,9 @@ module: no Dagster (``serving/cli.py`` resolves the store from the environment a
     GET  /healthz      200 once the model is loaded (and TF Serving answers), 503 before
     GET  /v1/model     version, image size, heads with their classes
     POST /v1/predict   multipart field ``image`` (one file, or several), or JSON ``{"url": ...}``,
-                       ``{"key": ...}``, ``{"urls": [...]}``, ``{"keys": [...]}``
+                       ``{"key": ...}``, ``{"urls": [...]}``, ``{"keys": [...]}``; a key
+                       ``image-sets/<name>/images/<id>.jpg`` with ``"version": V`` (a number, a
+                       digest or "latest") reads product <id>'s photo as set version V holds it (any other key is read as it is)
 
 An answer is ``{"model_version", "serving_version", "predictions": {head: [{"label",
 "confidence", "auto"}, {"label", "confidence"}, ...5]}, "near_duplicates": [{"id", "distance"},
@@ -42,8 +44,9 @@ from ..catalog.images import ImageRejected, check_image
 from ..classifier.artifacts import latest_version, load_local, load_version, read_labels
 from ..classifier.calibration import CALIBRATION
 from ..core.storage import ObjectStore
+from ..image_sets.versions import NoSuchVersion, PhotoKeys
 from .backends import EmbeddedBackend, ModelInfo, Preprocessor, TFServingBackend
-from .inputs import FetchPolicy, InputError, fetch_url, read_key, shown_url
+from .inputs import FetchPolicy, InputError, fetch_url, read_key, shown_key, shown_url
 from .near_duplicates import CatalogIndex
 from .publish import configured_number, fetch_published, read_published_labels
 
@@ -138,6 +141,7 @@ def _too_large(max_bytes: int) -> JSONResponse:
 class Gateway:
     def __init__(self, store: ObjectStore, config: GatewayConfig, backend=None, catalog: CatalogIndex | None = None):
         self.store = store
+        self.photo_keys = PhotoKeys(store)
         self.config = config
         self.backend = backend
         self.catalog = catalog
@@ -306,6 +310,10 @@ class Gateway:
             except Exception:  # noqa: BLE001
                 raise InputError(400, "the body is not valid JSON") from None
             fields = sorted(set(body) & {"url", "urls", "key", "keys"}) if isinstance(body, dict) else []
+            version = body.get("version") if isinstance(body, dict) else None
+            if version is not None and (fields not in (["key"], ["keys"]) or not isinstance(version, (str, int))):
+                raise InputError(400, "'version' (a set version's number or digest) goes with "
+                                      '{"key": "image-sets/<name>/images/<id>.jpg"} or {"keys": [...]}')
             if len(fields) != 1:
                 raise InputError(400, 'send exactly one of {"url": ...}, {"urls": [...]}, {"key": ...}, {"keys": [...]}')
             [name] = fields
@@ -318,12 +326,27 @@ class Gateway:
                 datas = await asyncio.gather(*(fetch_url(self.client, v, self.config.policy) for v in values))
                 whats = [shown_url(httpx.URL(v)) for v in values]
             else:
+                if version is not None:
+                    values = [await asyncio.to_thread(self._versioned_key, v, version) for v in values]
                 datas = [await asyncio.to_thread(read_key, self.store, v, self.config.policy.max_bytes)
                          for v in values]
                 whats = [f"key {v}" for v in values]
             return name.rstrip("s"), not name.endswith("s"), list(zip(whats, datas, strict=True))
         raise InputError(415, "send multipart/form-data with a file in field 'image', "
                               'or application/json {"url": ...} or {"key": ...}')
+
+    def _versioned_key(self, key, version: str | int) -> str:
+        """The key of product ``<id>``'s photo in set ``<name>`` at ``version``, for a key
+        ``image-sets/<name>/images/<id>.jpg``."""
+        named = layout.set_image_of(key) if isinstance(key, str) else None
+        if named is None:
+            raise InputError(400, f"with 'version', a key names a set's product: image-sets/<name>/images/<id>.jpg, "
+                                  f"not {shown_key(key) if isinstance(key, str) else repr(key)}")
+        name, product_id = named
+        try:
+            return self.photo_keys.key(name, version, product_id)
+        except NoSuchVersion as exc:
+            raise InputError(404, str(exc)) from None
 
     def _decode(self, what: str, data: bytes) -> tuple[np.ndarray, list[dict] | None]:
         """The model's input, and the image's near-duplicates in the catalog (None without a
