@@ -32,7 +32,8 @@ SHOWN_IDS = 20  # per list in `set diff`, without --all
 def _versions_or_fail(store, name: str):
     versions = list_versions(store, name)
     if not versions:
-        raise ValueError(f"image set {name!r} has no versions: materialise image_set[{name}] first")
+        raise ValueError(f"image set {name!r} has never been materialised (no versions): "
+                         f"materialise image_set[{name}] first")
     return versions
 
 

@@ -167,7 +167,9 @@ def plan_export(
             key = held.get((product_id, image["md5"]))
             if key is None:
                 key = layout.set_image(name, product_id)
-                if key in named:  # a version holds another photo there: never overwrite it
+                # A version holds another photo there: never overwrite it. (The same photo,
+                # damaged behind the set's back, is put back where its versions expect it.)
+                if key in named and named[key][:2] != (product_id, image["md5"]):
                     key = layout.set_image_version(name, product_id, image["md5"])
             item = {"id": product_id, "key": key, "source_key": image["key"]}
             item.update({c: image[c] for c in MANIFEST_SCHEMA.names if c not in item})

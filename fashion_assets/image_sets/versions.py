@@ -17,6 +17,10 @@ the store names in its ``labels.json``, and every object that a run's work lists
 flight, or one that died before its leftovers were cleaned). It runs only under the set's
 partition lease, like any writer (the wiring takes it), so nothing plans, copies or commits the
 set meanwhile. Plain module: no Dagster.
+
+Why this module is long: a version's whole life is here (digest, resolve, write, upgrade, diff,
+the models that name it, collection and the lookup readers use); split, each part would need
+the others' view of the layout and the same listing of ``versions/``.
 """
 
 from __future__ import annotations
@@ -117,8 +121,8 @@ def resolve(store: ObjectStore, name: str, ref: str | int | None = None) -> SetV
     or the newest when ``ref`` is None or "latest"; :class:`NoSuchVersion` says what there is."""
     versions = list_versions(store, name)
     if not versions:
-        raise NoSuchVersion(f"image set {name!r} has no versions (no {store.uri(layout.set_versions(name))}): "
-                            f"materialise image_set[{name}] first")
+        raise NoSuchVersion(f"image set {name!r} has never been materialised (no versions under "
+                            f"{store.uri(layout.set_versions(name))}): materialise image_set[{name}] first")
     ref = None if ref is None else str(ref).strip().lower()
     if ref in (None, "latest"):
         return versions[-1]
