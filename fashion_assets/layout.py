@@ -30,6 +30,10 @@ folder, or ``s3://bucket/prefix``)::
 
 A query's name is also a key segment and a Dagster partition key, so the rule for names lives
 here too. Plain module: no Dagster, no I/O.
+
+Why this module is long: it is the store's whole contract, one function per kind of key and
+its parser; split by stage, the rule that no other module builds a key would need one owner
+per file instead of one.
 """
 
 from __future__ import annotations

@@ -204,7 +204,8 @@ def test_export_of_version_1(catalog, tmp_path):
     newest = export_set(store, backend.engine(), "e", "csv", tmp_path / "v2.csv")
     with open(tmp_path / "v2.csv", newline="") as f:
         images = [r["image"] for r in csv.DictReader(f)]
-    assert (newest.set_version, images[0]) == (2, store.uri(layout.set_image_version("e", 3, md5_hex(image_bytes(333)))))
+    new_key = layout.set_image_version("e", 3, md5_hex(image_bytes(333)))
+    assert (newest.set_version, images[0]) == (2, store.uri(new_key))
     with pytest.raises(ValueError, match="image set 'e' has no version '9'"):
         export_set(store, backend.engine(), "e", "csv", tmp_path / "v9.csv", version="9")
 

@@ -6,7 +6,8 @@ module: no Dagster (``serving/cli.py`` resolves the store from the environment a
     POST /v1/predict   multipart field ``image`` (one file, or several), or JSON ``{"url": ...}``,
                        ``{"key": ...}``, ``{"urls": [...]}``, ``{"keys": [...]}``; a key
                        ``image-sets/<name>/images/<id>.jpg`` with ``"version": V`` (a number, a
-                       digest or "latest") reads product <id>'s photo as set version V holds it (any other key is read as it is)
+                       digest or "latest") reads product <id>'s photo as set version V holds it
+                       (any other key is read as it is)
 
 An answer is ``{"model_version", "serving_version", "predictions": {head: [{"label",
 "confidence", "auto"}, {"label", "confidence"}, ...5]}, "near_duplicates": [{"id", "distance"},
