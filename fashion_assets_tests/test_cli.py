@@ -113,7 +113,8 @@ def test_query_commands_and_partition_materialisation(backend, tmp_path):
     assert store.exists("image-sets/jeans/manifest.parquet")
 
     removed = run([cli, "query", "remove", "jeans", "--purge"], env, tmp_path).stdout
-    assert "5 objects under image-sets/jeans/ deleted" in removed  # 3 images, the manifest, the contact sheet
+    # 3 images, the manifest, the contact sheet, version 1's manifest and record (versions/000001-<digest>/)
+    assert "7 objects under image-sets/jeans/ deleted" in removed
     assert list(store.list("image-sets/jeans/")) == [] and not store.exists("queries/jeans.sql")
     assert "jeans" not in run([cli, "query", "list"], env, tmp_path).stdout
 
