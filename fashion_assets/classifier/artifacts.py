@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import layout
+from ..core import tf_runtime
 from ..core.storage import ObjectStore
 from .labels import HEADS
 
@@ -89,7 +90,7 @@ def save_saved_model_folder(store: ObjectStore, folder: Path, labels: dict, vers
 
 
 def keras_predict(model) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
-    import tensorflow as tf
+    tf = tf_runtime.tensorflow()
 
     # A compiled graph: twice the images/s of calling the model eagerly batch by batch.
     forward = tf.function(lambda images: model(images, training=False), reduce_retracing=True)
@@ -104,7 +105,7 @@ def keras_predict(model) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
 
 
 def _saved_model_predict(path: Path) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
-    import tensorflow as tf
+    tf = tf_runtime.tensorflow()
 
     loaded = tf.saved_model.load(str(path))
     serve = loaded.signatures["serving_default"]
@@ -129,7 +130,7 @@ def load_local(path: str | Path, labels: dict | None = None, version: str = "imp
         else:
             raise FileNotFoundError(f"{path}: no labels.json beside it (classes per head, image_size)")
     if path.suffix == ".keras" and path.is_file():
-        import keras
+        keras = tf_runtime.keras()
 
         model = keras.saving.load_model(path)
         return LoadedModel(keras_predict(model), labels, version, keras_model=model)

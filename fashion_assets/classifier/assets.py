@@ -6,17 +6,17 @@ from typing import Literal
 
 import dagster as dg
 
-from ..catalog.assets import product_images, products
 from .. import layout
+from ..catalog.assets import product_images, products
 from ..core.placement import GPU_POOL, gpu_op_tags, partition_lease
 from ..core.reporting import markdown_table
 from ..labelling.assets import labels
 from ..resources import CatalogDatabase, ObjectStoreResource, S3StoreResource
 from .build import BuildSettings, build_version
-from .rows import NotEnoughImages, catalog_rows, prefer_human_labels, set_rows
 from .cache import DEFAULT_IDS_PER_SHARD, build_cache, catalog_photos
 from .evaluate import per_class_rows
 from .labels import HEADS
+from .rows import NotEnoughImages, catalog_rows, prefer_human_labels, set_rows
 
 
 class ClassifierConfig(dg.Config):

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import layout
+from ..core import tf_runtime
 from ..core.storage import ObjectStore, md5_hex
 from .labels import DEFAULT_MIN_EXAMPLES, HEADS, build_vocabularies, encode_targets, vocabularies_from_classes
 from .rows import NotEnoughImages, TrainingRows
@@ -79,8 +80,8 @@ class BuildResult:
 
 
 def use_gpu_if_any(log: Callable[[str], None]) -> None:
-    import keras
-    import tensorflow as tf
+    keras = tf_runtime.keras()
+    tf = tf_runtime.tensorflow()
 
     gpus = tf.config.list_physical_devices("GPU")
     if gpus:

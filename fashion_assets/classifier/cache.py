@@ -34,6 +34,7 @@ import sqlalchemy as sa
 
 from .. import layout
 from ..catalog.tables import product_images
+from ..core import tf_runtime
 from ..core.parallel import bounded_map
 from ..core.parquet import read_parquet, write_parquet
 from ..core.storage import ObjectStore, delete_keys
@@ -220,7 +221,7 @@ class CachedImages:
             yield rows, records["pixels"][self.position[rows]]
 
     def dataset(self, indices: np.ndarray, shuffle_seed: int | None = None):
-        import tensorflow as tf
+        tf = tf_runtime.tensorflow()
 
         indices = np.asarray(indices, dtype=np.int64)
         rng = np.random.default_rng(shuffle_seed) if shuffle_seed is not None else None

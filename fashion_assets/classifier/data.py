@@ -16,6 +16,7 @@ from typing import Protocol
 
 import numpy as np
 
+from ..core import tf_runtime
 from ..core.parallel import bounded_map
 
 
@@ -35,7 +36,7 @@ class ArrayImages:
         self.image_size = int(array.shape[1])
 
     def dataset(self, indices: np.ndarray, shuffle_seed: int | None = None):
-        import tensorflow as tf
+        tf = tf_runtime.tensorflow()
 
         array = tf.constant(self.array)
         ds = tf.data.Dataset.from_tensor_slices(np.asarray(indices, dtype=np.int64))
@@ -66,7 +67,7 @@ class StoreImages:
 def predict_in_order(images: Images, indices: np.ndarray, predict: Callable[[np.ndarray], dict[str, np.ndarray]],
                      heads: Sequence[str], batch_size: int = 256) -> dict[str, np.ndarray]:
     """Probabilities per head for ``indices``, in that order (images may arrive in any order)."""
-    import tensorflow as tf
+    tf = tf_runtime.tensorflow()
 
     position = {int(index): row for row, index in enumerate(np.asarray(indices).tolist())}
     out: dict[str, np.ndarray] = {}

@@ -8,10 +8,12 @@ from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 
+from ..core import tf_runtime
+
 
 def decode_and_resize(data, image_size: int):
     """A ``tf.string`` of image bytes -> ``uint8 [image_size, image_size, 3]``."""
-    import tensorflow as tf
+    tf = tf_runtime.tensorflow()
 
     def any_format():
         return tf.io.decode_image(data, channels=3, expand_animations=False)
@@ -41,7 +43,7 @@ def decoded(items: Callable[[], Iterable[tuple[int, bytes]]], image_size: int, c
     ``count``, the length is declared: Keras then counts steps, and a pass that comes up short
     fails instead of ending early.
     """
-    import tensorflow as tf
+    tf = tf_runtime.tensorflow()
 
     def chunks() -> Iterator[tuple[list[int], list[bytes]]]:
         # Python hands over 64 images at a time: one element per image would make this
@@ -70,7 +72,7 @@ def batches(
     items: Iterable[tuple[int, bytes]], image_size: int, batch_size: int
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """``(tag, image bytes)`` -> batches of ``(tags, uint8 images)``, decoded in parallel (one pass)."""
-    import tensorflow as tf
+    tf = tf_runtime.tensorflow()
 
     dataset = decoded(lambda: items, image_size).batch(batch_size).prefetch(tf.data.AUTOTUNE)
     for tags, images in dataset.as_numpy_iterator():

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from ..core import tf_runtime
 from .labels import HEADS
 
 
 def _keras():
-    import keras
+    keras = tf_runtime.keras()
 
     return keras
 

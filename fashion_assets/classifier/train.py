@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from ..core import tf_runtime
 from .data import ArrayImages, Images
 from .labels import HEADS, Vocabulary
 
@@ -92,7 +93,7 @@ def hold_out_newest(ids: Sequence[int], groups: Sequence[int], fraction: float) 
 
 
 def seed_everything(seed: int) -> None:
-    import keras
+    keras = tf_runtime.keras()
 
     keras.utils.set_random_seed(seed)
 
@@ -100,7 +101,7 @@ def seed_everything(seed: int) -> None:
 def _augment_batch(images, seed_stream):
     """Mirror, and shift by up to 1/12 of the size on white: product photos stay the same
     product. Pad-and-crop on uint8 is a fraction of the cost of an affine warp on 2 cores."""
-    import tensorflow as tf
+    tf = tf_runtime.tensorflow()
 
     size = images.shape[1]
     pad = max(1, size // 12)
@@ -112,7 +113,7 @@ def _augment_batch(images, seed_stream):
 def _mixup(images, labels, alpha: float, seed: int):
     """Each image blended with another of its batch (the batch reversed), labels likewise, by a
     weight drawn from Beta(alpha, alpha) per batch; images stay uint8, as the model takes them."""
-    import tensorflow as tf
+    tf = tf_runtime.tensorflow()
 
     a = tf.random.gamma([], alpha, seed=seed)
     b = tf.random.gamma([], alpha, seed=seed + 1)
@@ -135,7 +136,7 @@ def _dataset(images: Images, indices: np.ndarray, targets: dict[str, np.ndarray]
              batch: int, training: bool, seed: int, mixup: float = 0.0, balance: float = 0.0):
     """(images, one-hot labels per head) batches streamed from ``images``; labels are looked up
     by row index, one-hot encoded per batch (never a [N, classes] matrix in memory)."""
-    import tensorflow as tf
+    tf = tf_runtime.tensorflow()
 
     labels = {h: tf.constant(targets[h], dtype=tf.int32) for h in HEADS}
 
@@ -180,7 +181,7 @@ def train_classifier(
     ``groups`` (default: the product ids) keeps near-duplicates on one side of the split, and
     ``rows`` (default: all) are the rows to split into training and validation; the others are
     not used (a held-out range)."""
-    import keras
+    keras = tf_runtime.keras()
 
     from .network import build_classifier
 

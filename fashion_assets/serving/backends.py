@@ -24,6 +24,7 @@ import numpy as np
 from .. import layout
 from ..classifier.calibration import CALIBRATION, automatic, calibrated, head_calibration
 from ..classifier.labels import HEADS
+from ..core import tf_runtime
 from ..predictions.inference import top_classes
 
 
@@ -74,7 +75,7 @@ class Preprocessor:
     function the ``predictions`` pipeline maps over its images, compiled once for one image."""
 
     def __init__(self, image_size: int):
-        import tensorflow as tf
+        tf = tf_runtime.tensorflow()
 
         from ..classifier.images import decode_and_resize
 
@@ -85,7 +86,7 @@ class Preprocessor:
 
     def __call__(self, data: bytes) -> np.ndarray:
         """Raises ``ValueError`` for data the decoder refuses (truncated, corrupt)."""
-        import tensorflow as tf
+        tf = tf_runtime.tensorflow()
 
         try:
             return self._fn(tf.constant(data)).numpy()
@@ -251,7 +252,7 @@ class TFServingBackend:
 
     def request(self, images: np.ndarray):
         """The ``PredictRequest`` for ``images``: model name, signature, pinned version, one uint8 tensor."""
-        import tensorflow as tf
+        tf = tf_runtime.tensorflow()
         from tensorflow_serving.apis import predict_pb2
 
         request = predict_pb2.PredictRequest()
@@ -265,7 +266,7 @@ class TFServingBackend:
         return request
 
     async def predict(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        import tensorflow as tf
+        tf = tf_runtime.tensorflow()
 
         response = await self._connect().Predict(self.request(images), timeout=self.timeout_s)
         out = {h: tf.make_ndarray(response.outputs[h]).astype(np.float32) for h in HEADS}

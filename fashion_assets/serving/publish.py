@@ -26,6 +26,7 @@ from .. import layout
 from ..classifier.artifacts import read_labels
 from ..classifier.calibration import CALIBRATION
 from ..classifier.labels import HEADS
+from ..core import tf_runtime
 from ..core.storage import ObjectStore
 
 # Where TF Serving's pod has the model (a pod path, not a store key): the init container's emptyDir.
@@ -91,7 +92,7 @@ def configured_number(store: ObjectStore) -> int:
 def describe_signature(saved_model_dir: str | Path) -> dict:
     """``serving_default``'s inputs and outputs: ``{"inputs": {name: {"dtype", "shape"}}, "outputs": ...}``
     (shape with None for free dimensions). TensorFlow loads the SavedModel to read it."""
-    import tensorflow as tf
+    tf = tf_runtime.tensorflow()
 
     loaded = tf.saved_model.load(str(saved_model_dir))
     if SIGNATURE not in loaded.signatures:

@@ -1,0 +1,59 @@
+"""TensorFlow is imported only where a step or command needs it, in one place
+(``core/tf_runtime.py``), and its start-up notices never reach the user's terminal. Real
+processes: each case starts a fresh Python, the way a CLI call or a Dagster step does."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from fashion_assets.core.tf_runtime import STARTUP_NOTICE
+
+from .test_structure import imported_modules, modules
+
+ROOT = Path(__file__).resolve().parents[1]
+ONLY_HERE = "core/tf_runtime.py"
+
+
+def python(code: str, **env: str) -> subprocess.CompletedProcess:
+    environ = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "TF_ENABLE_ONEDNN_OPTS")}
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**environ, **env}, capture_output=True,
+                          text=True, timeout=300, check=True)
+
+
+def test_only_tf_runtime_imports_tensorflow_or_keras():
+    importing = sorted(name for name, tree in modules().items()
+                       if imported_modules(tree) & {"tensorflow", "keras"})
+    assert importing == [ONLY_HERE]
+
+
+def test_the_cli_and_the_code_location_load_without_tensorflow():
+    loaded = python("import sys, fashion_assets.cli, fashion_assets.definitions; "
+                    "print(sorted({'tensorflow', 'keras'} & set(sys.modules)))")
+    assert loaded.stdout == "[]\n"
+
+
+def test_the_first_import_prints_nothing_without_a_log_level_set():
+    run = python("from fashion_assets.core import tf_runtime; import os; tf = tf_runtime.tensorflow(); "
+                 "print(int(tf.constant(2) * 3), os.environ['TF_CPP_MIN_LOG_LEVEL'])")
+    assert (run.stdout, run.stderr) == ("6 2\n", "")
+
+
+def test_a_user_who_asks_for_tensorflows_log_sees_it():
+    run = python("from fashion_assets.core import tf_runtime; tf_runtime.tensorflow()", TF_CPP_MIN_LOG_LEVEL="0")
+    assert "oneDNN custom operations are on" in run.stderr
+
+
+def test_only_the_startup_notices_are_dropped():
+    caught = [
+        "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+        "I0000 00:00:1796284477.164209   32531 port.cc:153] oneDNN custom operations are on. You may see ...",
+        "I0000 00:00:1796283794.394678   31221 cpu_feature_guard.cc:227] This TensorFlow binary is optimized ...",
+        "To enable the following instructions: AVX2 AVX512F FMA, in other operations, rebuild TensorFlow ...",
+        "",
+        "E0000 00:00:1796283794.394678   31221 cuda_dnn.cc:8310] Unable to register cuDNN factory",
+        "a line another thread wrote meanwhile",
+    ]
+    assert [line for line in caught if not STARTUP_NOTICE.match(line)] == caught[5:]
