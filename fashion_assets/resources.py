@@ -22,13 +22,12 @@ from typing import Any
 
 import dagster as dg
 import sqlalchemy as sa
-from dagster_aws.s3 import S3PickleIOManager, S3Resource
 from pydantic import Field, PrivateAttr
 
 from . import layout
 from .catalog import tables as _catalog_tables  # noqa: F401  (registers products, product_images)
 from .core import database, leases
-from .core.storage import EndpointUnreachable, LocalObjectStore, ObjectStore, S3ObjectStore, StoreError, parse_s3_url
+from .core.storage import EndpointUnreachable, LocalObjectStore, ObjectStore, StoreError, parse_s3_url
 from .labelling import table as _labels_table  # noqa: F401  (registers labels)
 from .predictions import table as _predictions_table  # noqa: F401  (registers predictions)
 
@@ -175,6 +174,10 @@ class ObjectStoreResource(dg.ConfigurableResource):
     def get_store(self) -> ObjectStore:
         raise NotImplementedError
 
+    def s3_client(self) -> Any:
+        """The boto3 client of an S3 store (a model URI on S3 is read with it); None here."""
+        return None
+
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         try:
             self.get_store().check()
@@ -196,57 +199,6 @@ class LocalStoreResource(ObjectStoreResource):
         return LocalObjectStore(self.path.removeprefix("file://"))
 
 
-class S3StoreResource(S3Resource, ObjectStoreResource):
-    """A bucket and prefix on S3 or any S3-compatible store.
-
-    Extends dagster-aws's ``S3Resource``, so all of its settings apply (``endpoint_url``,
-    ``region_name``, ``profile_name``, credentials, ``max_attempts``); adds the store URL and a
-    connection pool as large as the thread pool that shares the client.
-    """
-
-    url: str = Field(description=f"s3://bucket/prefix ({STORE_URL_ENV}).")
-    max_concurrency: int = Field(default=32, description="Parallel S3 requests (threads and pooled connections).")
-    _client: Any = PrivateAttr(default=None)
-
-    def get_client(self) -> Any:
-        if self._client is None:
-            import boto3
-            from botocore import UNSIGNED
-            from botocore.config import Config
-
-            config = Config(
-                max_pool_connections=self.max_concurrency,
-                retries={"max_attempts": self.max_attempts, "mode": "standard"},
-                connect_timeout=10,
-                signature_version=UNSIGNED if self.use_unsigned_session else None,
-            )
-            session = boto3.session.Session(profile_name=self.profile_name)
-            self._client = session.client(
-                "s3",
-                region_name=self.region_name,
-                endpoint_url=self.endpoint_url,
-                use_ssl=self.use_ssl,
-                verify=self.verify,
-                aws_access_key_id=self.aws_access_key_id,
-                aws_secret_access_key=self.aws_secret_access_key,
-                aws_session_token=self.aws_session_token,
-                config=config,
-            )
-        return self._client
-
-    def get_object_to_set_on_execution_context(self) -> Any:
-        # S3Resource hands out its boto3 client in `context.resources` and `build_resources`;
-        # this resource is used as a store, so hand out the resource itself, like the local one.
-        return self
-
-    def get_store(self) -> ObjectStore:
-        try:
-            bucket, prefix = parse_s3_url(self.url)
-        except ValueError as exc:
-            raise ConfigurationError(f"{STORE_URL_ENV}: {exc}") from None
-        return S3ObjectStore(self.get_client(), bucket, prefix)
-
-
 def _env_or(name: str, default: Any) -> Any:
     """``dg.EnvVar(name)`` when the variable is set, else the documented default."""
     return dg.EnvVar(name) if os.environ.get(name) else default
@@ -255,6 +207,8 @@ def _env_or(name: str, default: Any) -> Any:
 def store_from_env() -> ObjectStoreResource:
     url = os.environ.get(STORE_URL_ENV, "")
     if url.startswith("s3://"):
+        from .resources_s3 import S3StoreResource  # dagster-aws: imported only for an S3 store (~1 s)
+
         return S3StoreResource(
             url=dg.EnvVar(STORE_URL_ENV),
             endpoint_url=_env_or(S3_ENDPOINT_ENV, None),
@@ -273,8 +227,9 @@ def step_io_manager(store: ObjectStoreResource) -> dg.ConfigurableIOManager | No
     results; a few kilobytes each). Steps of one run share no disk on Kubernetes, one pod each,
     so with an S3 store they go to the same bucket, under ``<prefix>/_dagster/``. With a local
     store: Dagster's default, files under DAGSTER_HOME."""
-    if not isinstance(store, S3StoreResource):
+    if isinstance(store, LocalStoreResource):
         return None
+    from .resources_s3 import S3PickleIOManager
     try:
         bucket, prefix = parse_s3_url(os.environ.get(STORE_URL_ENV, ""))
     except ValueError as exc:
@@ -297,3 +252,13 @@ def resources_from_env() -> dict[str, Any]:
     if io_manager is not None:
         resources["io_manager"] = io_manager
     return resources
+
+
+def __getattr__(name: str) -> Any:
+    """``S3StoreResource`` from here as before, imported when first asked for: dagster-aws costs
+    about a second of every process's start, and the embedded default never needs it."""
+    if name == "S3StoreResource":
+        from .resources_s3 import S3StoreResource
+
+        return S3StoreResource
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

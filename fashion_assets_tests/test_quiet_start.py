@@ -29,10 +29,19 @@ def test_only_tf_runtime_imports_tensorflow_or_keras():
     assert importing == [ONLY_HERE]
 
 
-def test_the_cli_and_the_code_location_load_without_tensorflow():
+def test_the_cli_and_the_code_location_load_without_tensorflow_or_dagster_aws():
+    """The embedded default: neither TensorFlow (a step that needs a model imports it) nor
+    dagster-aws (an S3 store's resource imports it) is loaded by the CLI or the code location."""
     loaded = python("import sys, fashion_assets.cli, fashion_assets.definitions; "
-                    "print(sorted({'tensorflow', 'keras'} & set(sys.modules)))")
+                    "print(sorted({'tensorflow', 'keras', 'dagster_aws'} & set(sys.modules)))", FASHION_STORE_URL="")
     assert loaded.stdout == "[]\n"
+
+
+def test_an_s3_store_loads_dagster_aws_and_its_step_io_manager():
+    loaded = python("import sys; from fashion_assets.resources import resources_from_env; r = resources_from_env(); "
+                    "print(type(r['store']).__name__, type(r['io_manager']).__name__, 'tensorflow' in sys.modules)",
+                    FASHION_STORE_URL="s3://bucket/prefix")
+    assert loaded.stdout == "S3StoreResource S3PickleIOManager False\n"
 
 
 def test_the_first_import_prints_nothing_without_a_log_level_set():

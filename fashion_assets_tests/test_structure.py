@@ -18,7 +18,7 @@ PACKAGE = ROOT / "fashion_assets"
 STAGES = ("catalog", "image_sets", "augmented_sets", "classifier", "predictions", "serving", "labelling")
 # The only modules that may import Dagster: the wiring. Everything else is plain Python that the
 # tests (and a notebook, or another service) can call without a Dagster instance.
-WIRING = {"definitions.py", "resources.py", "cli.py", "core/placement.py",
+WIRING = {"definitions.py", "resources.py", "resources_s3.py", "cli.py", "core/placement.py",
           *(f"{stage}/assets.py" for stage in STAGES), "image_sets/sensors.py",
            "serving/cli.py", "labelling/cli.py", "image_sets/cli.py"}
 # Top-level folders of the store (``layout.py``'s docstring lists them).

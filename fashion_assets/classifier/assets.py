@@ -11,7 +11,7 @@ from ..catalog.assets import product_images, products
 from ..core.placement import GPU_POOL, gpu_op_tags, partition_lease
 from ..core.reporting import markdown_table
 from ..labelling.assets import labels
-from ..resources import CatalogDatabase, ObjectStoreResource, S3StoreResource
+from ..resources import CatalogDatabase, ObjectStoreResource
 from .build import BuildSettings, build_version
 from .cache import DEFAULT_IDS_PER_SHARD, build_cache, catalog_photos
 from .evaluate import per_class_rows
@@ -131,7 +131,7 @@ def fashion_classifier(
                 f"{h} {n['human']:,} / {n['catalog']:,}" for h, n in training.label_sources.items()))
         result = build_version(
             store_, training, settings, io_workers=store.max_concurrency,
-            s3_client=store.get_client() if isinstance(store, S3StoreResource) else None, log=context.log.info,
+            s3_client=store.s3_client(), log=context.log.info,
         )
     except NotEnoughImages as exc:
         raise dg.Failure(str(exc)) from None
