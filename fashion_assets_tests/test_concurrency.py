@@ -17,7 +17,7 @@ from fashion_assets import layout
 from fashion_assets.catalog.assets import product_images, products
 from fashion_assets.core import leases
 from fashion_assets.image_sets.assets import image_queries, image_set
-from fashion_assets.image_sets.export import read_manifest
+from fashion_assets.image_sets import versions
 from fashion_assets.image_sets.registry import QueryRegistry
 
 from .catalog_files import image_bytes, product_line, write_styles
@@ -45,8 +45,11 @@ def catalog_with_query(backend, tmp_path, n=24, name="shoes", sql="SELECT id FRO
 
 
 def set_keys(store, name: str) -> tuple[set[str], set[str]]:
-    """(keys the manifest lists, image keys in the store) of one set."""
-    listed = set(read_manifest(store, name).column("key").to_pylist()) if store.exists(layout.manifest(name)) else set()
+    """(keys the set's versions list, image keys in its photo pool). Every version is kept here
+    (no GC runs), so "manifest = store" means: the union of the versions' manifests is the pool."""
+    listed = set()
+    for version in versions.list_versions(store, name):
+        listed |= set(versions.read_version(store, version, columns=["key"]).column("key").to_pylist())
     return listed, {obj.key for obj in store.list(layout.set_images(name))}
 
 
@@ -188,4 +191,9 @@ def test_two_cli_runs_of_one_partition_with_different_sql_leave_an_exact_set(bac
     assert codes[0] == 0, outputs[0][-3000:]
     if codes[1] != 0:  # B came while A held the partition: it stopped, naming A, and wrote nothing
         assert f"image_set[mixed] is being written by run {a_run}" in outputs[1], outputs[1][-3000:]
+    # The latest version is exactly what one query selects: B's when B ran (it read the SQL last);
+    # when B stopped, A's, which reads the SQL after taking the lease, so either text may be A's.
+    latest = versions.read_version(store, versions.resolve(store, "mixed"), columns=["id"]).column("id").to_pylist()
+    allowed = [list(range(3, 601, 3))] if codes[1] == 0 else [list(range(2, 601, 2)), list(range(3, 601, 3))]
+    assert sorted(latest) in allowed
     assert list(store.list(layout.WORK)) == []
