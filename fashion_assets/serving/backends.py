@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -72,16 +73,22 @@ class ModelInfo:
 
 class Preprocessor:
     """Image bytes -> ``uint8 [S, S, 3]`` with ``classifier.images.decode_and_resize``, the
-    function the ``predictions`` pipeline maps over its images, compiled once for one image."""
+    function the ``predictions`` pipeline maps over its images: compiled once for one image, and
+    once for a batch (one call for many images costs half as much per image as one call each)."""
 
-    def __init__(self, image_size: int):
+    def __init__(self, image_size: int, parallel: int = 8):
         tf = tf_runtime.tensorflow()
 
         from ..classifier.images import decode_and_resize
 
         self.image_size = image_size
         self._fn = tf.function(lambda data: decode_and_resize(data, image_size),
-                               input_signature=[tf.TensorSpec((), tf.string)])
+                               input_signature=[tf.TensorSpec((), tf.string)], autograph=False)
+        shape = tf.TensorSpec((image_size, image_size, 3), tf.uint8)
+        self._batch_fn = tf.function(
+            lambda datas: tf.map_fn(lambda data: decode_and_resize(data, image_size), datas,
+                                    fn_output_signature=shape, parallel_iterations=parallel),
+            input_signature=[tf.TensorSpec((None,), tf.string)], autograph=False)
         self._errors = (tf.errors.InvalidArgumentError, tf.errors.UnknownError)
 
     def __call__(self, data: bytes) -> np.ndarray:
@@ -92,6 +99,23 @@ class Preprocessor:
             return self._fn(tf.constant(data)).numpy()
         except self._errors:
             raise ValueError("truncated or corrupt image data") from None
+
+    def batch(self, datas: np.ndarray) -> dict[str, np.ndarray]:
+        """``datas`` (a 1-D object array of image bytes) -> ``{"images": uint8 [N, S, S, 3],
+        "ok": bool [N]}`` in one call; when the decoder refuses one image, each is decoded
+        alone, and a refused one is all zeros with ``ok`` False."""
+        tf = tf_runtime.tensorflow()
+
+        try:
+            return {"images": self._batch_fn(tf.constant(datas.tolist(), tf.string)).numpy(),
+                    "ok": np.ones(len(datas), bool)}
+        except self._errors:
+            images = np.zeros((len(datas), self.image_size, self.image_size, 3), np.uint8)
+            ok = np.zeros(len(datas), bool)
+            for i, data in enumerate(datas):
+                with contextlib.suppress(ValueError):
+                    images[i], ok[i] = self(data), True
+            return {"images": images, "ok": ok}
 
 
 @dataclass
@@ -109,7 +133,10 @@ class BatchStats:
 
 
 class MicroBatcher:
-    """Concurrent ``submit``s gathered into one ``predict`` call.
+    """Concurrent ``submit``s gathered into one ``predict`` call: ``predict`` takes the rows of
+    all of them (an array, concatenated) and gives a dict of arrays, one row per input row, which
+    each ``submit`` gets its own rows of. The gateway runs two, in a pipeline: one decodes a batch
+    of image bytes while the other runs the model on the batch decoded before.
 
     A batch goes as soon as the model is free and nobody else is about to submit (``expect``
     counts requests still decoding), so a lone request waits for no one; under load, requests
@@ -119,7 +146,7 @@ class MicroBatcher:
     """
 
     def __init__(self, predict: Callable[[np.ndarray], dict[str, np.ndarray]], max_batch: int = 64,
-                 max_delay_s: float = 0.004):
+                 max_delay_s: float = 0.004, name: str = "predict"):
         self.predict = predict
         self.max_batch = max_batch
         self.max_delay_s = max_delay_s
@@ -127,7 +154,7 @@ class MicroBatcher:
         self._queue: asyncio.Queue[_Waiting] | None = None
         self._task: asyncio.Task | None = None
         self._expected = 0
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="predict")
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=name)
 
     def expect(self) -> None:
         """A request has started decoding: a batch may wait (``max_delay_s``) for it."""
@@ -184,7 +211,7 @@ class MicroBatcher:
             for w in waiting:
                 n = len(w.images)
                 if not w.future.done():
-                    w.future.set_result({h: out[h][start:start + n] for h in HEADS})
+                    w.future.set_result({key: rows[start:start + n] for key, rows in out.items()})
                 start += n
 
     async def close(self) -> None:

@@ -27,8 +27,10 @@ state.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
+import os
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -46,7 +48,7 @@ from ..classifier.artifacts import latest_version, load_local, load_version, rea
 from ..classifier.calibration import CALIBRATION
 from ..core.storage import ObjectStore
 from ..image_sets.versions import NoSuchVersion, PhotoKeys
-from .backends import EmbeddedBackend, ModelInfo, Preprocessor, TFServingBackend
+from .backends import EmbeddedBackend, MicroBatcher, ModelInfo, Preprocessor, TFServingBackend
 from .inputs import FetchPolicy, InputError, fetch_url, read_key, shown_key, shown_url
 from .near_duplicates import CatalogIndex
 from .publish import configured_number, fetch_published, read_published_labels
@@ -67,6 +69,7 @@ class GatewayConfig:
     max_delay_s: float = 0.004
     workdir: str | None = None  # where the embedded backend downloads the model; a temporary folder
     near_duplicates_refresh_s: float = 30.0  # how often product_images' fingerprint is compared
+    check_workers: int = 0  # threads that check (Pillow decode + perceptual hash) uploads; 0: one per core
 
 
 def published_info(store: ObjectStore) -> ModelInfo | None:
@@ -148,6 +151,10 @@ class Gateway:
         self.catalog = catalog
         self._refresher: asyncio.Task | None = None
         self.preprocess: Preprocessor | None = None
+        self.decoder: MicroBatcher | None = None  # Preprocessor.batch over the images of concurrent requests
+        # Pillow decodes and resizes without the GIL: a thread per core checks images in parallel.
+        workers = config.check_workers or len(os.sched_getaffinity(0))
+        self._checkers = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="check")
         self.failure: str | None = None
         self.client = None
         self.served = 0
@@ -162,7 +169,9 @@ class Gateway:
             workdir = self.config.workdir or self._tmp.name
             if self.backend is None:
                 self.backend = await asyncio.to_thread(load_backend, self.store, self.config, workdir)
-            self.preprocess = await asyncio.to_thread(Preprocessor, self.backend.info.image_size)
+            preprocess = await asyncio.to_thread(Preprocessor, self.backend.info.image_size)
+            self.decoder = MicroBatcher(preprocess.batch, self.config.max_batch, self.config.max_delay_s, "decode")
+            self.preprocess = preprocess
             # TF Serving may come up after us.
             await self._until_it_answers(self.backend.check, f"{self.backend.name} backend not answering yet")
             info = self.backend.info
@@ -227,6 +236,9 @@ class Gateway:
             await self.client.aclose()
             if self.backend is not None:
                 await self.backend.close()
+            if self.decoder is not None:
+                await self.decoder.close()
+            self._checkers.shutdown(wait=False, cancel_futures=True)
             self._tmp.cleanup()
 
     @property
@@ -349,34 +361,42 @@ class Gateway:
         except NoSuchVersion as exc:
             raise InputError(404, str(exc)) from None
 
-    def _decode(self, what: str, data: bytes) -> tuple[np.ndarray, list[dict] | None]:
-        """The model's input, and the image's near-duplicates in the catalog (None without a
-        catalog): both in this worker thread, off the event loop. The image is checked by the
-        catalog's own check first (``catalog.images.check_image``: what the ingest refuses is
-        refused here, for the same reason), which also gives its perceptual hash."""
-        try:
-            checked = check_image(data)
-        except ImageRejected as exc:
-            raise InputError(REFUSED[exc.kind], f"{what}: {exc}") from None
-        try:
-            image = self.preprocess(data)
-        except ValueError as exc:
-            raise InputError(422, f"{what}: {exc}") from None
-        return image, (None if self.catalog is None else self.catalog.lookup(checked.phash))
+    def _check(self, items: list[tuple[str, bytes]]) -> list[list[dict] | None]:
+        """Each image checked by the catalog's own check (``catalog.images.check_image``: what
+        the ingest refuses is refused here, for the same reason), which also gives its perceptual
+        hash, and its near-duplicates in the catalog (None without a catalog); in a checker thread."""
+        near = []
+        for what, data in items:
+            try:
+                checked = check_image(data)
+            except ImageRejected as exc:
+                raise InputError(REFUSED[exc.kind], f"{what}: {exc}") from None
+            near.append(None if self.catalog is None else self.catalog.lookup(checked.phash))
+        return near
 
     async def _classify(self, items: list[tuple[str, bytes]]) -> list[dict]:
-        """Per image ``{"predictions": ..., "near_duplicates": ...}`` (the latter with a catalog)."""
+        """Per image ``{"predictions": ..., "near_duplicates": ...}`` (the latter with a catalog).
+
+        Three stages, each its own batch of concurrent requests' images: the check on the checker
+        threads, the model's decoding (``Preprocessor.batch``) on the decoder's thread, the model on
+        the backend's; while the model runs one batch, the next is checked and decoded."""
+        loop = asyncio.get_running_loop()
         self.backend.expect()
         try:
-            decoded = [await asyncio.to_thread(self._decode, what, data) for what, data in items]
+            self.decoder.expect()
+            try:
+                near = await loop.run_in_executor(self._checkers, self._check, items)
+            finally:
+                self.decoder.unexpect()
+            decoded = await self.decoder.submit(np.array([data for _, data in items], object))
         finally:
             self.backend.unexpect()
-        probs = await self.backend.predict(np.stack([image for image, _ in decoded]))
-        answers = []
-        for predictions, (_, near) in zip(self.backend.info.answers(probs), decoded, strict=True):
-            answers.append({"predictions": predictions} if near is None
-                           else {"predictions": predictions, "near_duplicates": near})
-        return answers
+        for (what, _), ok in zip(items, decoded["ok"].tolist(), strict=True):
+            if not ok:
+                raise InputError(422, f"{what}: truncated or corrupt image data")
+        probs = await self.backend.predict(decoded["images"])
+        return [{"predictions": predictions} if n is None else {"predictions": predictions, "near_duplicates": n}
+                for predictions, n in zip(self.backend.info.answers(probs), near, strict=True)]
 
 
 def create_app(store: ObjectStore, config: GatewayConfig | None = None, backend=None,
