@@ -9,6 +9,10 @@
 Both take ``uint8 [N, S, S, 3]`` (what ``Preprocessor`` makes, the same decoding as the
 ``predictions`` asset) and give probabilities per head; ``ModelInfo.answers`` turns them into the
 answer the ``predictions`` table holds (calibrated, top 5, the auto flag).
+
+Why this module is long: the decoding (``Preprocessor``), the batching (``MicroBatcher``) and
+both backends are the one contract of the gateway's stages (uint8 images in, probabilities per
+head out, ``ModelInfo`` to read them); apart, each would restate the others' shapes.
 """
 
 from __future__ import annotations
