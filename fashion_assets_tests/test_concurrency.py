@@ -16,8 +16,8 @@ import pytest
 from fashion_assets import layout
 from fashion_assets.catalog.assets import product_images, products
 from fashion_assets.core import leases
-from fashion_assets.image_sets.assets import image_queries, image_set
 from fashion_assets.image_sets import versions
+from fashion_assets.image_sets.assets import image_queries, image_set
 from fashion_assets.image_sets.registry import QueryRegistry
 
 from .catalog_files import image_bytes, product_line, write_styles
@@ -47,10 +47,7 @@ def catalog_with_query(backend, tmp_path, n=24, name="shoes", sql="SELECT id FRO
 def set_keys(store, name: str) -> tuple[set[str], set[str]]:
     """(keys the set's versions list, image keys in its photo pool). Every version is kept here
     (no GC runs), so "manifest = store" means: the union of the versions' manifests is the pool."""
-    listed = set()
-    for version in versions.list_versions(store, name):
-        listed |= set(versions.read_version(store, version, columns=["key"]).column("key").to_pylist())
-    return listed, {obj.key for obj in store.list(layout.set_images(name))}
+    return set(versions.stored_photos(store, name)), {obj.key for obj in store.list(layout.set_images(name))}
 
 
 def test_a_lease_has_one_holder_expires_and_fences_the_loser(backend):

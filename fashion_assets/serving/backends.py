@@ -80,7 +80,7 @@ class Preprocessor:
     function the ``predictions`` pipeline maps over its images: compiled once for one image, and
     once for a batch (one call for many images costs half as much per image as one call each)."""
 
-    def __init__(self, image_size: int, parallel: int = 8):
+    def __init__(self, image_size: int):
         tf = tf_runtime.tensorflow()
 
         from ..classifier.images import decode_and_resize
@@ -91,7 +91,7 @@ class Preprocessor:
         shape = tf.TensorSpec((image_size, image_size, 3), tf.uint8)
         self._batch_fn = tf.function(
             lambda datas: tf.map_fn(lambda data: decode_and_resize(data, image_size), datas,
-                                    fn_output_signature=shape, parallel_iterations=parallel),
+                                    fn_output_signature=shape),
             input_signature=[tf.TensorSpec((None,), tf.string)], autograph=False)
         self._errors = (tf.errors.InvalidArgumentError, tf.errors.UnknownError)
 
@@ -137,21 +137,21 @@ class BatchStats:
 
 
 class MicroBatcher:
-    """Concurrent ``submit``s gathered into one ``predict`` call: ``predict`` takes the rows of
+    """Concurrent ``submit``s gathered into one ``call``: ``call`` takes the rows of
     all of them (an array, concatenated) and gives a dict of arrays, one row per input row, which
     each ``submit`` gets its own rows of. The gateway runs two, in a pipeline: one decodes a batch
     of image bytes while the other runs the model on the batch decoded before.
 
-    A batch goes as soon as the model is free and nobody else is about to submit (``expect``
-    counts requests still decoding), so a lone request waits for no one; under load, requests
-    that arrive while a batch runs, or within ``max_delay_s`` of the first of the next one, join
-    it, up to ``max_batch`` images. ``predict`` runs on one worker thread: the event loop keeps
-    accepting and decoding meanwhile.
+    A batch goes as soon as ``call`` is free and nobody else is about to submit (``expect``
+    counts requests still in an earlier stage), so a lone request waits for no one; under load,
+    requests that arrive while a batch runs, or within ``max_delay_s`` of the first of the next
+    one, join it, up to ``max_batch`` images. ``call`` runs on one worker thread: the event loop
+    keeps accepting and decoding meanwhile.
     """
 
-    def __init__(self, predict: Callable[[np.ndarray], dict[str, np.ndarray]], max_batch: int = 64,
+    def __init__(self, call: Callable[[np.ndarray], dict[str, np.ndarray]], max_batch: int = 64,
                  max_delay_s: float = 0.004, name: str = "predict"):
-        self.predict = predict
+        self.call = call
         self.max_batch = max_batch
         self.max_delay_s = max_delay_s
         self.stats = BatchStats()
@@ -201,7 +201,7 @@ class MicroBatcher:
             waiting = await self._gather()
             batch = np.concatenate([w.images for w in waiting]) if len(waiting) > 1 else waiting[0].images
             try:
-                out = await loop.run_in_executor(self._executor, self.predict, batch)
+                out = await loop.run_in_executor(self._executor, self.call, batch)
             except Exception as exc:  # noqa: BLE001 - every waiting request gets the failure
                 for w in waiting:
                     if not w.future.done():

@@ -150,7 +150,6 @@ class Gateway:
         self.backend = backend
         self.catalog = catalog
         self._refresher: asyncio.Task | None = None
-        self.preprocess: Preprocessor | None = None
         self.decoder: MicroBatcher | None = None  # Preprocessor.batch over the images of concurrent requests
         # Pillow decodes and resizes without the GIL: a thread per core checks images in parallel.
         workers = config.check_workers or len(os.sched_getaffinity(0))
@@ -171,7 +170,6 @@ class Gateway:
                 self.backend = await asyncio.to_thread(load_backend, self.store, self.config, workdir)
             preprocess = await asyncio.to_thread(Preprocessor, self.backend.info.image_size)
             self.decoder = MicroBatcher(preprocess.batch, self.config.max_batch, self.config.max_delay_s, "decode")
-            self.preprocess = preprocess
             # TF Serving may come up after us.
             await self._until_it_answers(self.backend.check, f"{self.backend.name} backend not answering yet")
             info = self.backend.info
@@ -243,7 +241,7 @@ class Gateway:
 
     @property
     def ready(self) -> bool:
-        return self.failure is None and self.preprocess is not None
+        return self.failure is None and self.decoder is not None
 
     # --- endpoints ---------------------------------------------------------------------------
 

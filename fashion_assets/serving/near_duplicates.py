@@ -71,13 +71,14 @@ class NearDuplicateIndex:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def distances(self, phash: str) -> np.ndarray:
-        """Bits between ``phash`` and every indexed hash, ``uint16 [n]``."""
+    def distances(self, phash: str, rows: np.ndarray | None = None) -> np.ndarray:
+        """Bits between ``phash`` and every indexed hash (or those at positions ``rows``), ``uint16``."""
         query = _words([bytes.fromhex(phash)])[:, 0]
+        words = self.words if rows is None else self.words[:, rows]
         # uint16: four words can differ in 256 bits, one more than uint8 holds.
-        distance = np.bitwise_count(self.words[0] ^ query[0]).astype(np.uint16)
+        distance = np.bitwise_count(words[0] ^ query[0]).astype(np.uint16)
         for k in range(1, WORDS):
-            distance += np.bitwise_count(self.words[k] ^ query[k])
+            distance += np.bitwise_count(words[k] ^ query[k])
         return distance
 
     def lookup(self, phash: str) -> list[dict]:
@@ -85,13 +86,11 @@ class NearDuplicateIndex:
         closest first (then by id), at most ``limit``."""
         if not len(self.ids):
             return []
-        query = _words([bytes.fromhex(phash)])[:, 0]
         # The first word's distance is a lower bound of the whole: only the photos it keeps
-        # within reach are compared word by word (few, even in a catalog of similar photos).
-        close = np.flatnonzero(np.bitwise_count(self.words[0] ^ query[0]) <= self.max_distance)
-        distance = np.bitwise_count(self.words[0][close] ^ query[0]).astype(np.uint16)
-        for k in range(1, WORDS):
-            distance += np.bitwise_count(self.words[k][close] ^ query[k])
+        # within reach are compared in full (few, even in a catalog of similar photos).
+        first = np.uint64(int(phash[:16], 16))
+        close = np.flatnonzero(np.bitwise_count(self.words[0] ^ first) <= self.max_distance)
+        distance = self.distances(phash, close)
         within = distance <= self.max_distance
         close, distance = close[within], distance[within]
         order = np.lexsort((self.ids[close], distance))[: self.limit]
