@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, PngImagePlugin
 
 from .. import layout
 from ..core.storage import md5_hex
@@ -163,8 +163,10 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def thumbnail_sheet(rows: list[list[tuple[str | None, bytes]]], thumb: int = 112) -> bytes:
-    """A PNG grid of thumbnails, one row per list, each with an optional caption under it."""
+def thumbnail_sheet(rows: list[list[tuple[str | None, bytes]]], thumb: int = 112,
+                    chunks: dict[str, str] | None = None) -> bytes:
+    """A PNG grid of thumbnails, one row per list, each with an optional caption under it;
+    ``chunks`` go into the PNG's text chunks (what the sheet was drawn from)."""
     columns = max((len(r) for r in rows), default=0)
     caption = 14 if any(text for row in rows for text, _ in row) else 0
     cell_h = thumb + 4 + caption
@@ -180,5 +182,14 @@ def thumbnail_sheet(rows: list[list[tuple[str | None, bytes]]], thumb: int = 112
             if text:
                 draw.text((x + 2, y + thumb + 1), text[:18], fill="black")
     buffer = io.BytesIO()
-    sheet.save(buffer, "PNG", optimize=True)
+    info = PngImagePlugin.PngInfo()
+    for key, value in (chunks or {}).items():
+        info.add_text(key, value)
+    sheet.save(buffer, "PNG", optimize=True, pnginfo=info)
     return buffer.getvalue()
+
+
+def png_text(data: bytes) -> dict[str, str]:
+    """A PNG's text chunks (read from its header, the pixels are not decoded)."""
+    with Image.open(io.BytesIO(data)) as img:
+        return dict(getattr(img, "text", {}) or {})

@@ -24,8 +24,14 @@ def write_parquet(store: ObjectStore, key: str, table: pa.Table) -> None:
     store.put_bytes(key, to_bytes(table), CONTENT_TYPE)
 
 
+def from_bytes(data: bytes, columns: list[str] | None = None) -> pa.Table:
+    """One Parquet file's table. ``ParquetFile`` rather than ``pq.read_table``: the latter builds a
+    dataset, and importing ``pyarrow.dataset`` for it cost a no-op image_set run 0.16 s."""
+    return pq.ParquetFile(io.BytesIO(data)).read(columns=columns)
+
+
 def read_parquet(store: ObjectStore, key: str, columns: list[str] | None = None) -> pa.Table:
-    return pq.read_table(io.BytesIO(store.get_bytes(key)), columns=columns)
+    return from_bytes(store.get_bytes(key), columns)
 
 
 def concat_parquet(store: ObjectStore, keys: Iterable[str], schema: pa.Schema) -> bytes:

@@ -117,7 +117,7 @@ def write_image_manifest(context: dg.OpExecutionContext, config: ImageSetConfig,
                          f"{collected.deleted:,} photos ({collected.deleted_bytes:,} bytes) no kept version names")
     seconds = plan.seconds + sum(s.seconds for s in result.shards)
     sheet, sheet_error = drawn(context.log.warning, "contact sheet", set_contact_sheet, store_, plan.name,
-                               workers=config.workers or store.max_concurrency)
+                               workers=config.workers or store.max_concurrency, version=version.digest)
     preview_columns = ["id", "article_type", "base_colour", "gender", "product_display_name", "key"]
     return dg.Output(None, data_version=dg.DataVersion(version.digest), metadata={
         "version": version.seq,

@@ -25,7 +25,6 @@ the others' view of the layout and the same listing of ``versions/``.
 
 from __future__ import annotations
 
-import io
 import json
 import re
 import threading
@@ -36,11 +35,10 @@ from datetime import datetime, timezone
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from .. import layout
 from ..core import leases
-from ..core.parquet import CONTENT_TYPE, read_parquet
+from ..core.parquet import CONTENT_TYPE, from_bytes, read_parquet
 from ..core.storage import ObjectStore, delete_keys, md5_hex
 
 WRITER = "image_set"  # the asset whose runs' work lists GC respects (``layout.work_run``)
@@ -175,7 +173,7 @@ def upgrade(store: ObjectStore, name: str) -> SetVersion | None:
     if not versions or not versions[0].legacy:
         return None
     manifest_bytes = store.get_bytes(layout.manifest(name))
-    table = pq.read_table(io.BytesIO(manifest_bytes))
+    table = from_bytes(manifest_bytes)
     version = SetVersion(name, 1, content_digest(table))
     _write(store, version, manifest_bytes, _record(table, manifest_bytes, {"upgraded_from": "manifest.parquet"}))
     return version
@@ -184,7 +182,7 @@ def upgrade(store: ObjectStore, name: str) -> SetVersion | None:
 def commit_version(store: ObjectStore, name: str, manifest_bytes: bytes, extra: dict) -> tuple[SetVersion, bool]:
     """The version holding this manifest's content: the newest one when it is the same content
     (nothing written; ``False``), else a new one (``True``). Only under the set's lease."""
-    table = pq.read_table(io.BytesIO(manifest_bytes))
+    table = from_bytes(manifest_bytes)
     digest = content_digest(table)
     versions = list_versions(store, name)
     if versions and versions[-1].digest == digest:

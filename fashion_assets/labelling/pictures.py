@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from PIL import Image, ImageDraw
 
 from .. import layout
-from ..catalog.images import thumbnail_sheet, to_rgb
+from ..catalog.images import png_text, thumbnail_sheet, to_rgb
 from ..catalog.tables import products
 from ..classifier.evaluate import drawable
 from ..core.parallel import bounded_map
@@ -22,6 +22,8 @@ from ..image_sets.export import read_manifest
 from ..predictions.table import predictions as predictions_table
 
 SHEET_LIMIT = 60  # thumbnails on a contact sheet
+# PNG text chunks of a contact sheet: the set version it shows and how many thumbnails.
+SHEET_VERSION, SHEET_SHOWN = "fashion-assets:set-version", "fashion-assets:shown"
 SHEET_COLUMNS = 10
 GALLERY_LIMIT = 40
 GALLERY_COLUMNS = 8
@@ -35,19 +37,28 @@ class Sheet:
     uri: str  # where it is stored
 
 
-def set_contact_sheet(store: ObjectStore, name: str, limit: int = SHEET_LIMIT, workers: int = 8) -> Sheet | None:
+def set_contact_sheet(store: ObjectStore, name: str, limit: int = SHEET_LIMIT, workers: int = 8,
+                     version: str | None = None) -> Sheet | None:
     """Up to ``limit`` thumbnails of the set (lowest ids first), each captioned with its product
-    id, stored at ``layout.set_contact_sheet``; None for an empty set."""
+    id, stored at ``layout.set_contact_sheet``; None for an empty set. With ``version`` (the set
+    version's digest, which the PNG records), a stored sheet of that version is reused, not
+    redrawn: a run that made no new version draws nothing."""
     manifest = sorted(read_manifest(store, name).select(["id", "key"]).to_pylist(), key=lambda r: r["id"])
     if not manifest:
         return None
     shown = manifest[:limit]
+    key = layout.set_contact_sheet(name)
+    drawn_from = {SHEET_VERSION: version, SHEET_SHOWN: str(len(shown))} if version else None
+    if drawn_from and store.exists(key):
+        png = store.get_bytes(key)
+        if all(png_text(png).get(k) == v for k, v in drawn_from.items()):
+            return Sheet(png, len(shown), len(manifest), store.uri(key))
     fetched = dict(bounded_map(lambda r: (r["id"], store.get_bytes(r["key"])), shown, workers))  # any order
     images = [(str(r["id"]), fetched[r["id"]]) for r in shown]
     rows = [images[i:i + SHEET_COLUMNS] for i in range(0, len(images), SHEET_COLUMNS)]
-    png = thumbnail_sheet(rows, thumb=96)
-    store.put_bytes(layout.set_contact_sheet(name), png, "image/png")
-    return Sheet(png, len(shown), len(manifest), store.uri(layout.set_contact_sheet(name)))
+    png = thumbnail_sheet(rows, thumb=96, chunks=drawn_from)
+    store.put_bytes(key, png, "image/png")
+    return Sheet(png, len(shown), len(manifest), store.uri(key))
 
 
 @dataclass
