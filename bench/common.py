@@ -1,5 +1,6 @@
 """Shared set-up for the benchmarks: a local catalog of the shared dataset and one image set."""
 
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -34,6 +35,19 @@ def local_catalog(dataset: str, query: str, name: str = "bench"):
     assert dg.materialize([image_set], partition_key=name, resources=resources, instance=instance,
                           run_config=QUIET).success
     return resources, instance, work
+
+
+def summary(rates: list[float]) -> str:
+    """A rate's median and best of the repeats, as printed by the benches."""
+    return f"{statistics.median(rates):8.1f} images/s (best {max(rates):7.1f})"
+
+
+def ratios(asset: list[float], baseline: list[float]) -> str:
+    """Asset / baseline: the median of the rates' ratio, repeat by repeat (each pair back to back),
+    and the ratio of the bests. On a shared 2-core machine a loop's rate moves by up to 2x from one
+    minute to the next; the pairwise median is what to read."""
+    pairwise = statistics.median(a / b for a, b in zip(asset, baseline, strict=True))
+    return f"{pairwise:.2f}x (best/best {max(asset) / max(baseline):.2f}x)"
 
 
 def metadata(result) -> dict:

@@ -1,5 +1,8 @@
+import threading
+
 import pytest
 
+from fashion_assets.core.parallel import chunked_map
 from fashion_assets.core.storage import StoreError, md5_hex
 from fashion_assets.resources import ConfigurationError, S3StoreResource
 
@@ -40,3 +43,34 @@ def test_missing_bucket_names_the_variable(s3_server):
         resource.get_store().check()
     with pytest.raises(ConfigurationError, match="FASHION_STORE_URL=s3://no-such-bucket/x: bucket"):
         resource.setup_for_execution(None)
+
+
+def test_chunked_map_gives_every_item_once_in_chunks_on_the_threads():
+    threads: dict[int, set[str]] = {}
+
+    def square(n: int) -> int:
+        threads.setdefault(n // 32, set()).add(threading.current_thread().name)
+        return n * n
+
+    out = list(chunked_map(square, range(1000), workers=4, chunk=32))
+    assert sorted(out) == [n * n for n in range(1000)]
+    # A chunk's items stay together, in their order, and one thread does each chunk.
+    start = 0
+    while start < len(out):
+        first = round(out[start] ** 0.5)
+        chunk = [n * n for n in range(first, min(first + 32, 1000))]
+        assert first % 32 == 0 and out[start:start + len(chunk)] == chunk
+        start += len(chunk)
+    assert len(threads) == 32 and all(len(names) == 1 for names in threads.values())
+    assert all(name.startswith("fashion-io") for names in threads.values() for name in names)
+    assert list(chunked_map(square, [], workers=4)) == []
+
+
+def test_chunked_map_raises_what_an_item_raised():
+    def refuse_7(n: int) -> int:
+        if n == 7:
+            raise ValueError("item 7")
+        return n
+
+    with pytest.raises(ValueError, match="item 7"):
+        list(chunked_map(refuse_7, range(100), workers=2, chunk=8))

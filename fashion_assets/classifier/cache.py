@@ -35,7 +35,7 @@ import sqlalchemy as sa
 from .. import layout
 from ..catalog.tables import product_images
 from ..core import tf_runtime
-from ..core.parallel import bounded_map
+from ..core.parallel import bounded_map, chunked_map
 from ..core.parquet import read_parquet, write_parquet
 from ..core.storage import ObjectStore, delete_keys
 
@@ -105,7 +105,7 @@ def _decode(store: ObjectStore, photos: Sequence[Photo], image_size: int, io_wor
 
     if not photos:
         return np.empty((0, image_size, image_size, 3), dtype=np.uint8)
-    items = bounded_map(lambda i: (i, store.get_bytes(photos[i].key)), range(len(photos)), io_workers)
+    items = chunked_map(lambda i: (i, store.get_bytes(photos[i].key)), range(len(photos)), io_workers)
     return load_array(items, len(photos), image_size)
 
 

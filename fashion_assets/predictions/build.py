@@ -26,7 +26,7 @@ from ..classifier.artifacts import latest_version, load_version, read_labels
 from ..classifier.labels import HEADS
 from ..core import parquet
 from ..core.database import replace_rows
-from ..core.parallel import bounded_map
+from ..core.parallel import chunked_map
 from ..core.parquet import read_parquet, write_parquet
 from ..core.progress import peak_rss_mb
 from ..core.shards import Shard, ShardPlan, ShardStats, ShardWriter, in_plan_order
@@ -108,7 +108,7 @@ def predict_shard(
         model = load_version(store, plan.model_version, workdir)
         result.model_load_seconds = time.monotonic() - started
         started = time.monotonic()
-        read = bounded_map(lambda i: (i, store.get_bytes(inputs[i]["key"])), range(len(inputs)), io_workers)
+        read = chunked_map(lambda i: (i, store.get_bytes(inputs[i]["key"])), range(len(inputs)), io_workers)
         predicted = dict(predict_rows(model, read, batch_size, on_batch=on_batch))
     rows = [{"image_set": plan.name, "source": plan.source, "id": item["id"], "variant": item["variant"],
              "model_version": plan.model_version, **predicted[i], "created_at": plan.created_at}
