@@ -73,8 +73,9 @@ def main():
         decode_predict.append(len(x) / (time.perf_counter() - started))
 
         started = time.perf_counter()
+        run_config = {**QUIET, "ops": {"predictions": {"config": {"batch_size": args.batch_size}}}}
         result = dg.materialize([predictions], partition_key="bench", resources=resources, instance=instance,
-                                run_config={**QUIET, "ops": {"predictions": {"config": {"batch_size": args.batch_size}}}})
+                                run_config=run_config)
         whole.append(len(x) / (time.perf_counter() - started))
         asset.append(metadata(result)["rate_images_per_s"])
     import tensorflow as tf

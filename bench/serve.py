@@ -3,7 +3,7 @@ loopback) under concurrency 1, 8 and 32, next to bare batched `model.predict` on
 in the same run (by hand, not in CI).
 
     .venv/bin/python bench/serve.py [--images 1000] [--requests 600] [--model-dir data/store]
-                                    [--catalog-size 44445] [--gateways 1]
+                                    [--catalog-size 44445] [--workers 1]
 
 Each request uploads one real catalog photo (multipart, field `image`) and waits for its top 5
 per head and its near-duplicates. The gateway's catalog is a SQLite database whose
@@ -21,7 +21,6 @@ load generator shares the machine with the gateway: both figures include its cos
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
 import os
 import statistics
@@ -88,18 +87,18 @@ def upload_request(host: str, data: bytes) -> bytes:
     return head.encode() + body
 
 
-async def load(bases: list[str], datas: list[bytes], concurrency: int, total: int) -> tuple[float, list[float]]:
-    """``total`` single-image requests, ``concurrency`` at a time on keep-alive connections,
-    connection i to gateway ``bases[i % len(bases)]``: (requests/s, latencies in s). The requests are encoded before the clock starts and answers
+async def load(base: str, datas: list[bytes], concurrency: int, total: int) -> tuple[float, list[float]]:
+    """``total`` single-image requests, ``concurrency`` at a time on keep-alive connections:
+    (requests/s, latencies in s). The requests are encoded before the clock starts and answers
     are read as raw HTTP/1.1, so the load generator, which shares the cores with the gateway,
     spends as little of them as it can (an httpx client cost about as much CPU as the gateway's
     own HTTP handling)."""
-    urls = [httpx.URL(base) for base in bases]
-    requests = [upload_request(f"{urls[0].host}:{urls[0].port}", data) for data in datas]  # Host: not checked
+    url = httpx.URL(base)
+    requests = [upload_request(f"{url.host}:{url.port}", data) for data in datas]
     latencies: list[float] = []
     next_index = 0
 
-    async def worker(url: httpx.URL):
+    async def worker():
         nonlocal next_index
         reader, writer = await asyncio.open_connection(url.host, url.port)
         try:
@@ -121,7 +120,7 @@ async def load(bases: list[str], datas: list[bytes], concurrency: int, total: in
             writer.close()
 
     started = time.perf_counter()
-    await asyncio.gather(*(worker(urls[i % len(urls)]) for i in range(concurrency)))
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
     wall = time.perf_counter() - started
     return total / wall, latencies
 
@@ -138,8 +137,8 @@ def main():
     parser.add_argument("--model-dir", help="a store folder with models/fashion_classifier/LATEST")
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--concurrency", default="1,8,32")
-    parser.add_argument("--gateways", type=int, default=1,
-                        help="gateway processes (each with its model and index), connections spread over them")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="serve --workers: gateway processes on one port, each with its model and index")
     parser.add_argument("--catalog-size", type=int, default=44_445,
                         help="rows of the gateway's product_images (the photos, then random hashes)")
     args = parser.parse_args()
@@ -179,16 +178,13 @@ def main():
           f"({len(datas):,} of them these photos)")
     env = {**os.environ, "FASHION_STORE_URL": str(work / "store"), "FASHION_CATALOG_URL": catalog_url,
            "TF_CPP_MIN_LOG_LEVEL": "2"}
-    with contextlib.ExitStack() as stack:
-        bases = [stack.enter_context(gateway_process(env, work / f"gateway-{i}.log", cwd=REPO))
-                 for i in range(args.gateways)]
-        asyncio.run(load(bases, datas, 8 * args.gateways, 200 * args.gateways))  # warm-up
-        for base in bases:
-            answer = httpx.post(base + "/v1/predict", files={"image": ("x.jpg", datas[0])}).json()
-            assert {"id": photos[0][0], "distance": 0} in answer["near_duplicates"], answer["near_duplicates"]
-        print(f"gateway (embedded backend, {args.gateways} uvicorn process(es)), one image per request:")
+    with gateway_process(env, work / "gateway.log", "--workers", str(args.workers), cwd=REPO) as base:
+        asyncio.run(load(base, datas, 8 * args.workers, 200 * args.workers))  # warm-up: every process
+        answer = httpx.post(base + "/v1/predict", files={"image": ("x.jpg", datas[0])}).json()
+        assert {"id": photos[0][0], "distance": 0} in answer["near_duplicates"], answer["near_duplicates"]
+        print(f"gateway (embedded backend, --workers {args.workers}), one image per request:")
         for concurrency in (int(c) for c in args.concurrency.split(",")):
-            rate, latencies = asyncio.run(load(bases, datas, concurrency, args.requests))
+            rate, latencies = asyncio.run(load(base, datas, concurrency, args.requests))
             p50, p99 = percentile(latencies, 50) * 1000, percentile(latencies, 99) * 1000
             print(f"  concurrency {concurrency:3d}: {rate:7.1f} requests/s   p50 {p50:6.1f} ms   p99 {p99:6.1f} ms   "
                   f"{rate / bare:.2f}x bare model.predict, {rate / batch_path:.2f}x the batch path")

@@ -240,6 +240,9 @@ NOT_A_NETWORK = "is not a network (a CIDR such as 10.1.0.0/16, or an address)"
     (["--port", "70000"], {}, f"--port 70000: {PORT}"),
     (["--port", "abc"], {}, f"--port abc: {PORT}"),
     (["--max-batch", "0"], {}, "--max-batch 0: expected a positive whole number of images"),
+    (["--workers", "0"], {}, "--workers 0: expected a positive whole number of processes"),
+    ([], {"FASHION_SERVE_WORKERS": "two"}, "FASHION_SERVE_WORKERS='two': expected a positive whole number "
+                                           "of processes"),
     ([], {"FASHION_SERVE_PORT": "abc"}, f"FASHION_SERVE_PORT='abc': {PORT}"),
     ([], {"FASHION_SERVE_MAX_BYTES": "10MB"}, "FASHION_SERVE_MAX_BYTES='10MB': expected a positive whole number "
                                               "of bytes"),

@@ -13,6 +13,7 @@ import http.server
 import io
 import json
 import os
+import re
 import shutil
 import threading
 import time
@@ -481,6 +482,37 @@ def test_concurrent_requests_are_batched_and_answer_each_their_own(pipeline, def
     assert len(answers) == 2 * N_PRODUCTS
     for row, answer in answers:
         assert_same_as_table(answer["predictions"], row)
+
+
+def test_workers_share_the_port_each_ready_before_it_answers_and_each_answers_as_the_table(pipeline):
+    """``serve --workers 2``: uvicorn's supervisor and two gateway processes on one port (real
+    processes). A process takes connections only once its model answers, so no request meets
+    one still loading (no 503); both answer, each as the predictions table."""
+    backend, dataset, _, rows = pipeline
+    from concurrent.futures import ThreadPoolExecutor
+
+    with gateway(backend, dataset, "--workers", "2") as (base, log_path):
+        def one(row):
+            data = (dataset / "images" / f"{row['id']}.jpg").read_bytes()
+            with httpx.Client() as client:  # a fresh connection each: any process may take it
+                response = client.post(base + "/v1/predict", files={"image": ("x.jpg", data)}, timeout=60)
+            return row, response
+
+        served: set[str] = set()
+        ready: set[str] = set()
+        for _ in range(20):  # bursts until both processes have answered
+            with ThreadPoolExecutor(16) as pool:
+                answers = list(pool.map(one, rows))
+            for row, response in answers:
+                assert response.status_code == 200, response.text
+                assert_same_as_table(response.json()["predictions"], row)
+            log = log_path.read_text()
+            ready = set(re.findall(r"\[(\d+)\]: ready \(process (\d+)\)", log))
+            served = set(re.findall(r"\[(\d+)\]: POST /v1/predict 200", log))
+            if len(served) == 2:
+                break
+        assert len(ready) == 2 and all(a == b for a, b in ready), log[-3000:]
+        assert served == {pid for pid, _ in ready}, log[-3000:]
 
 
 def test_store_key(pipeline, default_gateway):

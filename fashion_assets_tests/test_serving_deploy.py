@@ -137,6 +137,8 @@ def test_the_gateway_deployment_service_and_autoscaler_fit_together():
     grpc_port = [p["port"] for p in tf_service["spec"]["ports"] if p["name"] == "grpc"][0]
     assert env["FASHION_SERVE_BACKEND"] == "tfserving"
     assert env["FASHION_TFSERVING_ADDRESS"] == f"{tf_service['metadata']['name']}:{grpc_port}"
+    # A gateway process per CPU of the pod's limit, no more (each gets its share of the quota).
+    assert int(env["FASHION_SERVE_WORKERS"]) == int(gateway["resources"]["limits"]["cpu"]) == 2
     for probe in ("startupProbe", "readinessProbe"):
         assert gateway[probe]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert [p["containerPort"] for p in gateway["ports"]] == [8080]

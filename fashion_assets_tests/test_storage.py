@@ -2,7 +2,7 @@ import threading
 
 import pytest
 
-from fashion_assets.core.parallel import chunked_map
+from fashion_assets.core.parallel import chunked_map, usable_cores
 from fashion_assets.core.storage import StoreError, md5_hex
 from fashion_assets.resources import ConfigurationError, S3StoreResource
 
@@ -74,3 +74,19 @@ def test_chunked_map_raises_what_an_item_raised():
 
     with pytest.raises(ValueError, match="item 7"):
         list(chunked_map(refuse_7, range(100), workers=2, chunk=8))
+
+
+def test_usable_cores_is_the_affinity_capped_by_the_cgroup_quota(tmp_path):
+    import os
+
+    affinity = len(os.sched_getaffinity(0))
+    cpu_max = tmp_path / "cpu.max"
+    assert usable_cores(tmp_path / "absent") == affinity  # no cgroup v2 file: the affinity
+    cpu_max.write_text("max 100000\n")
+    assert usable_cores(cpu_max) == affinity  # no quota
+    cpu_max.write_text("150000 100000\n")  # a 1.5-CPU limit: 2 threads' worth
+    assert usable_cores(cpu_max) == min(affinity, 2)
+    cpu_max.write_text("10000 100000\n")  # 0.1 CPU: still one
+    assert usable_cores(cpu_max) == 1
+    cpu_max.write_text(f"{100000 * (affinity + 8)} 100000\n")  # a quota above the cpuset: the cpuset
+    assert usable_cores(cpu_max) == affinity

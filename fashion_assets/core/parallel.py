@@ -13,8 +13,11 @@ decode and predict loop beside it needs. The threads still do as many reads at o
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
+from pathlib import Path
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import TypeVar
 
@@ -54,3 +57,17 @@ def chunked_map(fn: Callable[[T], R], items: Iterable[T], workers: int, chunk: i
     chunks = iter(lambda: list(islice(iterator, chunk)), [])
     for results in bounded_map(lambda part: [fn(item) for item in part], chunks, workers):
         yield from results
+
+
+def usable_cores(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """The cores this process may use: its CPU affinity, capped by its cgroup's CPU quota (a
+    Kubernetes CPU limit is a quota, not a cpuset: a pod limited to 2 CPUs on a 64-core node
+    sees 64 in its affinity)."""
+    cores = len(os.sched_getaffinity(0))
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+    except (OSError, ValueError):
+        return cores
+    if quota == "max":
+        return cores
+    return max(1, min(cores, math.ceil(int(quota) / int(period))))

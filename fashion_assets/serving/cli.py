@@ -2,7 +2,8 @@
 ``fashion_assets.cli``.
 
     fashion-assets serve [--host 127.0.0.1] [--port 8080] [--backend embedded|tfserving]
-                         [--tfserving ADDRESS] [--allow-private-urls] [--max-bytes N] ...
+                         [--tfserving ADDRESS] [--allow-private-urls] [--max-bytes N]
+                         [--workers N] ...
     fashion-assets fetch-served-model DEST    the published model in TF Serving's layout under DEST
                                               (the TF Serving pod's init container runs it)
 
@@ -13,11 +14,21 @@ FASHION_SERVE_* variables set the defaults of the options, so a container needs 
 beyond ``serve``. They are read, and every option checked, when ``serve`` starts (never when the
 parser is built, so a bad variable cannot break other commands): a bad value fails ``serve`` at
 once, with one line naming the option or the variable and the value.
+
+``--workers N`` runs N gateway processes on one listening socket (uvicorn's supervisor, which
+restarts one that dies): each loads the model and the near-duplicate index itself, gets an
+equal share of the cores for its TensorFlow and checker threads, and takes connections only
+once its model answers (so no request meets a process still loading; with no process ready,
+connections wait in the socket's backlog and /healthz is not answered: not ready). One process is bound by
+Python's GIL (the HTTP handling, the checks' Python around Pillow) long before the model is;
+docs/speed.md has the figures.
 """
 
 import argparse
+import atexit
 import contextlib
 import ipaddress
+import json
 import logging
 import math
 import os
@@ -25,6 +36,7 @@ from collections.abc import Callable, Mapping
 
 import dagster as dg
 
+from ..core.parallel import usable_cores
 from ..resources import ConfigurationError, resources_from_env, store_from_env
 from .gateway import MAX_ITEMS, GatewayConfig, create_app
 from .inputs import DEFAULT_MAX_BYTES, DEFAULT_TIMEOUT_S, FetchPolicy
@@ -105,7 +117,10 @@ OPTIONS: dict[str, tuple[str | None, str, Callable[[str], object]]] = {
     "batch_delay_ms": (None, "4", _number("a number of milliseconds, 0 or more", zero=True)),
     "near_duplicates_refresh_s": ("FASHION_SERVE_NEAR_DUPLICATES_REFRESH_S", "30",
                                   _number("a positive number of seconds")),
+    "workers": ("FASHION_SERVE_WORKERS", "1", _positive_int("processes")),
 }
+# How ``serve --workers N`` hands its checked settings to the processes uvicorn starts.
+WORKER_SETTINGS = "FASHION_SERVE_WORKER_SETTINGS"
 
 
 def _shown(value: str) -> str:
@@ -155,23 +170,49 @@ def _resources(with_catalog: bool = False):
         raise CliError(str(exc.__cause__ or exc)) from None
 
 
+def _gateway(store, catalog_db, settings: Mapping[str, object], threads: int = 0, worker: bool = False):
+    """The gateway's app for ``settings``; ``threads``: its checker threads (0: one per core);
+    ``worker``: one of several processes on the port, which takes connections once it is ready."""
+    config = GatewayConfig(
+        backend=settings["backend"], tfserving=settings["tfserving"],
+        policy=FetchPolicy(max_bytes=settings["max_bytes"], timeout_s=settings["download_timeout"],
+                           allow_private=settings["allow_private_urls"],
+                           allowed_networks=tuple(settings["allow_networks"])),
+        max_batch=settings["max_batch"], max_delay_s=settings["batch_delay_ms"] / 1000.0,
+        near_duplicates_refresh_s=settings["near_duplicates_refresh_s"], check_workers=threads,
+        serve_when_ready=worker,
+    )
+    return create_app(store, config, catalog=CatalogIndex(catalog_db.query_engine))
+
+
+def worker_app():
+    """One of ``serve --workers N``'s processes (uvicorn calls this in each): its share of the
+    cores, set before TensorFlow starts, then its own resources and gateway, kept for its life."""
+    settings = json.loads(os.environ[WORKER_SETTINGS])
+    threads = max(1, usable_cores() // settings["workers"])
+    for variable in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
+        os.environ.setdefault(variable, str(threads))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+    stack = contextlib.ExitStack()
+    atexit.register(stack.close)
+    store, catalog_db = stack.enter_context(_resources(with_catalog=True))
+    return _gateway(store, catalog_db, settings, threads, worker=True)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = serve_settings(args)  # before anything starts: a bad option or variable fails here, once
     import uvicorn
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config = GatewayConfig(
-        backend=settings["backend"], tfserving=settings["tfserving"],
-        policy=FetchPolicy(max_bytes=settings["max_bytes"], timeout_s=settings["download_timeout"],
-                           allow_private=settings["allow_private_urls"], allowed_networks=settings["allow_networks"]),
-        max_batch=settings["max_batch"], max_delay_s=settings["batch_delay_ms"] / 1000.0,
-        near_duplicates_refresh_s=settings["near_duplicates_refresh_s"],
-    )
-    with _resources(with_catalog=True) as (store, catalog_db):
-        app = create_app(store, config, catalog=CatalogIndex(catalog_db.query_engine))
-        # access_log off: the gateway logs each request itself (without query strings).
-        uvicorn.run(app, host=settings["host"], port=settings["port"], access_log=False, log_level="info",
-                    timeout_graceful_shutdown=10)
+    # access_log off: the gateway logs each request itself (without query strings).
+    run = {"host": settings["host"], "port": settings["port"], "access_log": False, "log_level": "info",
+           "timeout_graceful_shutdown": 10}
+    with _resources(with_catalog=True) as (store, catalog_db):  # a wrong store or database fails here, once
+        if settings["workers"] == 1:
+            uvicorn.run(_gateway(store, catalog_db, settings), **run)
+            return 0
+    os.environ[WORKER_SETTINGS] = json.dumps(settings)
+    uvicorn.run(f"{__name__}:worker_app", factory=True, workers=settings["workers"], **run)
     return 0
 
 
@@ -204,6 +245,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--max-batch", help="embedded: most images in one predict call (default 64)")
     serve.add_argument("--batch-delay-ms",
                        help="embedded: how long a batch waits for requests still being decoded (default 4)")
+    serve.add_argument("--workers", help="gateway processes sharing the port and the cores, each with its own "
+                                         "model (FASHION_SERVE_WORKERS; default 1)")
     serve.add_argument("--near-duplicates-refresh-s",
                        help="seconds between checks for a newer product_images (near-duplicate index; "
                             "FASHION_SERVE_NEAR_DUPLICATES_REFRESH_S; default 30)")

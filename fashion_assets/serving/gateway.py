@@ -46,6 +46,7 @@ from .. import layout
 from ..catalog.images import ImageRejected, check_image
 from ..classifier.artifacts import latest_version, load_local, load_version, read_labels
 from ..classifier.calibration import CALIBRATION
+from ..core.parallel import usable_cores
 from ..core.storage import ObjectStore
 from ..image_sets.versions import NoSuchVersion, PhotoKeys
 from .backends import EmbeddedBackend, MicroBatcher, ModelInfo, Preprocessor, TFServingBackend
@@ -70,6 +71,9 @@ class GatewayConfig:
     workdir: str | None = None  # where the embedded backend downloads the model; a temporary folder
     near_duplicates_refresh_s: float = 30.0  # how often product_images' fingerprint is compared
     check_workers: int = 0  # threads that check (Pillow decode + perceptual hash) uploads; 0: one per core
+    # Take connections only once the model answers (``serve --workers``: the other processes on
+    # the port take them meanwhile) instead of at once, with /healthz saying "loading".
+    serve_when_ready: bool = False
 
 
 def published_info(store: ObjectStore) -> ModelInfo | None:
@@ -152,7 +156,7 @@ class Gateway:
         self._refresher: asyncio.Task | None = None
         self.decoder: MicroBatcher | None = None  # Preprocessor.batch over the images of concurrent requests
         # Pillow decodes and resizes without the GIL: a thread per core checks images in parallel.
-        workers = config.check_workers or len(os.sched_getaffinity(0))
+        workers = config.check_workers or usable_cores()
         self._checkers = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="check")
         self.failure: str | None = None
         self.client = None
@@ -173,7 +177,7 @@ class Gateway:
             # TF Serving may come up after us.
             await self._until_it_answers(self.backend.check, f"{self.backend.name} backend not answering yet")
             info = self.backend.info
-            log.info(f"ready: {self.backend.name} backend, model {info.source_version} "
+            log.info(f"ready (process {os.getpid()}): {self.backend.name} backend, model {info.source_version} "
                      f"(serving version {info.serving_version}), {info.image_size} px")
             if self.catalog is not None:
                 self._refresher = asyncio.create_task(self._keep_index_fresh())
@@ -225,6 +229,8 @@ class Gateway:
         self.client = httpx.AsyncClient(timeout=self.config.policy.timeout_s, follow_redirects=False,
                                         trust_env=False)
         task = asyncio.create_task(self.start())
+        if self.config.serve_when_ready:
+            await task  # start() keeps its failure for /healthz rather than raising
         try:
             yield
         finally:
