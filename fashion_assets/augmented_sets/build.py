@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from .. import layout
-from ..core.parallel import bounded_map
+from ..core.parallel import chunked_map
 from ..core.parquet import read_parquet, write_parquet
 from ..core.progress import peak_rss_mb
 from ..core.shards import Shard, ShardPlan, ShardStats, ShardWriter, delete_listed, in_plan_order, write_keys
@@ -133,8 +133,10 @@ def augment_shard(
             store.put_bytes(plan.variant_key(product_id, k), data, "image/jpeg")
         return sum(map(len, outputs))
 
-    augmented = augment_in_parallel(bounded_map(read, rows, io_workers), spec, plan.variants, seed, workers=workers)
-    for size in bounded_map(write, augmented, io_workers):
+    # Reads and writes in chunks a thread (chunked_map): this process's Python competes with the
+    # augmenting processes for the cores.
+    augmented = augment_in_parallel(chunked_map(read, rows, io_workers), spec, plan.variants, seed, workers=workers)
+    for size in chunked_map(write, augmented, io_workers, chunk=8):
         result.bytes_written += size
         result.images += 1
         on_progress(1)
