@@ -178,7 +178,8 @@ def main():
           f"({len(datas):,} of them these photos)")
     env = {**os.environ, "FASHION_STORE_URL": str(work / "store"), "FASHION_CATALOG_URL": catalog_url,
            "TF_CPP_MIN_LOG_LEVEL": "2"}
-    with gateway_process(env, work / "gateway.log", "--workers", str(args.workers), cwd=REPO) as base:
+    workers = ["--workers", str(args.workers)] if args.workers != 1 else []
+    with gateway_process(env, work / "gateway.log", *workers, cwd=REPO) as base:
         asyncio.run(load(base, datas, 8 * args.workers, 200 * args.workers))  # warm-up: every process
         answer = httpx.post(base + "/v1/predict", files={"image": ("x.jpg", datas[0])}).json()
         assert {"id": photos[0][0], "distance": 0} in answer["near_duplicates"], answer["near_duplicates"]
