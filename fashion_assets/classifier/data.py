@@ -68,10 +68,11 @@ def predict_in_order(images: Images, indices: np.ndarray, predict: Callable[[np.
                      heads: Sequence[str], batch_size: int = 256) -> dict[str, np.ndarray]:
     """Probabilities per head for ``indices``, in that order (images may arrive in any order)."""
     tf = tf_runtime.tensorflow()
+    from .images import without_autotune
 
     position = {int(index): row for row, index in enumerate(np.asarray(indices).tolist())}
     out: dict[str, np.ndarray] = {}
-    ds = images.dataset(indices).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    ds = without_autotune(images.dataset(indices).batch(batch_size).prefetch(tf.data.AUTOTUNE))
     for batch_indices, batch_images in ds.as_numpy_iterator():
         probs = predict(batch_images)
         rows = np.array([position[int(i)] for i in batch_indices])

@@ -74,15 +74,21 @@ def batches(
     """``(tag, image bytes)`` -> batches of ``(tags, uint8 images)``, decoded in parallel (one pass)."""
     tf = tf_runtime.tensorflow()
 
-    # tf.data's autotuner off: on 2 cores, with it on, 10 of 24 passes of decode + predict over
-    # the same 2,000 photos took 2.61 s instead of 1.3 s (the decoding and the model then fight
-    # for the cores); with it off, 0 of 36, and a good pass is as fast. The map's AUTOTUNE
-    # parallelism then means one decoder per core.
-    options = tf.data.Options()
-    options.autotune.enabled = False
-    dataset = decoded(lambda: items, image_size).batch(batch_size).prefetch(tf.data.AUTOTUNE).with_options(options)
+    dataset = without_autotune(decoded(lambda: items, image_size).batch(batch_size).prefetch(tf.data.AUTOTUNE))
     for tags, images in dataset.as_numpy_iterator():
         yield tags, images
+
+
+def without_autotune(dataset):
+    """``dataset`` with tf.data's autotuner off, for a pipeline that feeds inference. On 2 cores,
+    with it on, 10 of 24 passes of decode + predict over the same 2,000 photos took 2.61 s instead
+    of 1.3 s (the decoding and the model then fight for the cores); with it off, 0 of 36, and a
+    good pass is as fast. A map's AUTOTUNE parallelism then means one call per core."""
+    tf = tf_runtime.tensorflow()
+
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return dataset.with_options(options)
 
 
 def load_array(items: Iterable[tuple[int, bytes]], count: int, image_size: int) -> np.ndarray:
