@@ -18,10 +18,10 @@ once, with one line naming the option or the variable and the value.
 ``--workers N`` runs N gateway processes on one listening socket (uvicorn's supervisor, which
 restarts one that dies): each loads the model and the near-duplicate index itself, gets an
 equal share of the cores for its TensorFlow and checker threads, and takes connections only
-once its model answers (so no request meets a process still loading; with no process ready,
-connections wait in the socket's backlog and /healthz is not answered: not ready). One process is bound by
-Python's GIL (the HTTP handling, the checks' Python around Pillow) long before the model is;
-docs/speed.md has the figures.
+once its model answers, so no request meets a process still loading (with none ready yet,
+connections wait in the socket's backlog: /healthz is not answered, the pod is not ready). One
+process is bound by Python's GIL (the HTTP handling, the checks' Python around Pillow) long
+before the model is; docs/speed.md has the figures.
 """
 
 import argparse
