@@ -12,6 +12,7 @@ import glob
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -146,8 +147,9 @@ def gateway_process(env: dict, log_path: Path, *args: str, cwd: Path | None = No
 
     port = free_port()
     with open(log_path, "wb") as log:
+        # Its own process group: with --workers it has children, which a kill must not orphan.
         process = subprocess.Popen([sys.executable, "-m", "fashion_assets.cli", "serve", "--port", str(port), *args],
-                                   env=env, stdout=log, stderr=subprocess.STDOUT, cwd=cwd)
+                                   env=env, stdout=log, stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout_s
@@ -162,8 +164,16 @@ def gateway_process(env: dict, log_path: Path, *args: str, cwd: Path | None = No
             time.sleep(0.3)
         yield base
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop_group(process)
+
+
+def stop_group(process: subprocess.Popen, timeout_s: float = 20) -> None:
+    """SIGTERM to ``process`` (started with ``start_new_session``); after ``timeout_s``, SIGKILL to
+    its whole process group, so no child outlives it."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import io
 
+import pytest
 from PIL import Image, ImageFont
 
 from fashion_assets import layout
 from fashion_assets.classifier.evaluate import AXES_CAPTION, confusion_png, missing_glyphs
 from fashion_assets.core.reporting import drawn
 from fashion_assets.catalog.images import png_text, thumbnail_sheet
-from fashion_assets.labelling.pictures import (SHEET_SHOWN, SHEET_VERSION, disagreement_gallery, disagreements,
-                                               set_contact_sheet)
+from fashion_assets.image_sets.versions import NoSuchVersion
+from fashion_assets.labelling.pictures import (SHEET_DRAWING, SHEET_LAYOUT, SHEET_SHOWN, SHEET_VERSION,
+                                               disagreement_gallery, disagreements, set_contact_sheet)
 from fashion_assets.predictions.table import predictions as predictions_table
 
 from .test_labelling import SET_IDS, catalog_labels, image_set_all, write_predictions  # noqa: F401  (fixture)
@@ -26,28 +28,35 @@ def test_image_set_shows_a_contact_sheet(image_set_all):
     assert metadata["contact_sheet"].startswith("9 of 9 images")
     with Image.open(io.BytesIO(png)) as sheet:  # one row of 9 thumbnails of 96 px, captioned
         assert sheet.size == (9 * 100 + 4, 96 + 4 + 14 + 4)
-        assert sheet.text == {SHEET_VERSION: metadata["version_digest"], SHEET_SHOWN: "9"}
+        assert sheet.text == {SHEET_VERSION: metadata["version_digest"], SHEET_SHOWN: "9", SHEET_LAYOUT: SHEET_DRAWING}
 
 
 def test_contact_sheet_of_the_same_version_is_reused_not_redrawn(image_set_all):
     """A run that makes no new version (a no-op) shows the stored sheet of that version; another
-    version, or a sheet drawn with another limit, is drawn again."""
+    version, another limit, another drawing or a stored object that is no PNG is drawn again."""
     backend, _, metadata = image_set_all
     store, digest, key = backend.store(), metadata["version_digest"], layout.set_contact_sheet("all")
-    marker = thumbnail_sheet([[("marker", store.get_bytes(layout.set_image("all", 1)))]],
-                             chunks={SHEET_VERSION: digest, SHEET_SHOWN: "9"})
+    recorded = {SHEET_VERSION: digest, SHEET_SHOWN: "9", SHEET_LAYOUT: SHEET_DRAWING}
+    marker = thumbnail_sheet([[("marker", store.get_bytes(layout.set_image("all", 1)))]], chunks=recorded)
+    assert png_text(marker) == recorded
     store.put_bytes(key, marker, "image/png")
     reused = set_contact_sheet(store, "all", version=digest)
     assert (reused.png, reused.shown, reused.total) == (marker, 9, 9)
     assert store.get_bytes(key) == marker
 
-    redrawn = set_contact_sheet(store, "all", version="000000000000")
-    with Image.open(io.BytesIO(redrawn.png)) as sheet:
-        assert sheet.size == (9 * 100 + 4, 96 + 4 + 14 + 4)
-        assert sheet.text == {SHEET_VERSION: "000000000000", SHEET_SHOWN: "9"}
-    assert store.get_bytes(key) == redrawn.png
-    fewer = set_contact_sheet(store, "all", limit=4, version="000000000000")
+    for stored in (thumbnail_sheet([[("x", store.get_bytes(layout.set_image("all", 1)))]],
+                                   chunks={**recorded, SHEET_LAYOUT: "an older drawing"}),
+                   b"not a png", marker[:40]):
+        store.put_bytes(key, stored, "image/png")
+        redrawn = set_contact_sheet(store, "all", version=digest)
+        assert png_text(redrawn.png) == recorded and store.get_bytes(key) == redrawn.png
+        with Image.open(io.BytesIO(redrawn.png)) as sheet:
+            assert sheet.size == (9 * 100 + 4, 96 + 4 + 14 + 4)
+
+    fewer = set_contact_sheet(store, "all", limit=4, version=digest)
     assert (fewer.shown, png_text(fewer.png)[SHEET_SHOWN]) == (4, "4")
+    with pytest.raises(NoSuchVersion, match="000000000000"):  # a version the set does not have is not drawn
+        set_contact_sheet(store, "all", version="000000000000")
 
 
 def test_disagreement_gallery_most_confident_first(image_set_all):

@@ -66,6 +66,42 @@ def test_chunked_map_gives_every_item_once_in_chunks_on_the_threads():
     assert list(chunked_map(square, [], workers=4)) == []
 
 
+def test_chunked_map_keeps_every_thread_busy_on_few_items_and_stops_when_the_caller_does():
+    running, most = 0, 0
+    lock = threading.Lock()
+    release = threading.Event()
+
+    def wait_then_echo(n: int) -> int:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+            if running == 8:
+                release.set()
+        release.wait(10)
+        with lock:
+            running -= 1
+        return n
+
+    # 16 items on 8 threads: chunks of 1, so all 8 threads work at once (not one chunk of 16).
+    assert sorted(chunked_map(wait_then_echo, list(range(16)), workers=8)) == list(range(16))
+    assert most == 8
+
+    done: list[int] = []
+
+    def record(n: int) -> int:
+        done.append(n)
+        return n
+
+    results = chunked_map(record, iter(range(10_000)), workers=2, chunk=100)  # no length: chunks of 100
+    first = [next(results) for _ in range(3)]  # the start of whichever chunk finished first
+    assert first[0] % 100 == 0 and first == [first[0], first[0] + 1, first[0] + 2]
+    results.close()  # the caller stops: no chunk goes on past its current item
+    assert len(done) <= 4 * 100
+    with pytest.raises(ValueError, match="chunk must be at least 1, not 0"):
+        list(chunked_map(record, [1], workers=2, chunk=0))
+
+
 def test_chunked_map_raises_what_an_item_raised():
     def refuse_7(n: int) -> int:
         if n == 7:
@@ -90,3 +126,6 @@ def test_usable_cores_is_the_affinity_capped_by_the_cgroup_quota(tmp_path):
     assert usable_cores(cpu_max) == 1
     cpu_max.write_text(f"{100000 * (affinity + 8)} 100000\n")  # a quota above the cpuset: the cpuset
     assert usable_cores(cpu_max) == affinity
+    for unreadable in ("", "garbage", "150000 0", "150000 x"):
+        cpu_max.write_text(unreadable)
+        assert usable_cores(cpu_max) == affinity

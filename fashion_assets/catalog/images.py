@@ -190,6 +190,12 @@ def thumbnail_sheet(rows: list[list[tuple[str | None, bytes]]], thumb: int = 112
 
 
 def png_text(data: bytes) -> dict[str, str]:
-    """A PNG's text chunks (read from its header, the pixels are not decoded)."""
-    with Image.open(io.BytesIO(data)) as img:
-        return dict(getattr(img, "text", {}) or {})
+    """The text chunks before a PNG's pixels (``thumbnail_sheet`` writes its ``chunks`` there),
+    read without decoding the pixels; {} for anything that is not a readable PNG."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            if img.format != "PNG":
+                return {}
+            return {k: v for k, v in img.info.items() if isinstance(k, str) and isinstance(v, str)}
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return {}

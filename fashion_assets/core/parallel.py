@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Iterable, Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sized
 from itertools import islice
 from pathlib import Path
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -51,23 +52,43 @@ def bounded_map(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Itera
 
 
 def chunked_map(fn: Callable[[T], R], items: Iterable[T], workers: int, chunk: int = 32) -> Iterator[R]:
-    """``bounded_map`` with ``chunk`` items a task: ``fn`` of each item, a chunk's results in
-    its items' order, chunks in completion order."""
+    """``bounded_map`` with up to ``chunk`` items a task: ``fn`` of each item, a chunk's results
+    in its items' order, chunks in completion order. Items with a length are split so that every
+    thread has work (60 items on 16 threads: chunks of 2, not 2 chunks of 32). When the caller
+    stops early or an item fails, the chunks already running stop at their next item."""
+    if chunk < 1:
+        raise ValueError(f"chunk must be at least 1, not {chunk}")
+    if isinstance(items, Sized):
+        chunk = max(1, min(chunk, math.ceil(len(items) / max(1, 2 * workers))))
     iterator = iter(items)
     chunks = iter(lambda: list(islice(iterator, chunk)), [])
-    for results in bounded_map(lambda part: [fn(item) for item in part], chunks, workers):
-        yield from results
+    stopped = threading.Event()
+
+    def run(part: list[T]) -> list[R]:
+        out = []
+        for item in part:
+            if stopped.is_set():
+                break
+            out.append(fn(item))
+        return out
+
+    try:
+        for results in bounded_map(run, chunks, workers):
+            yield from results
+    finally:
+        stopped.set()
 
 
 def usable_cores(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
     """The cores this process may use: its CPU affinity, capped by its cgroup's CPU quota (a
     Kubernetes CPU limit is a quota, not a cpuset: a pod limited to 2 CPUs on a 64-core node
-    sees 64 in its affinity)."""
+    sees 64 in its affinity). Reads cgroup v2's ``cpu.max``; without one (cgroup v1, not Linux's
+    unified hierarchy), or with one it cannot read, the affinity."""
     cores = len(os.sched_getaffinity(0))
     try:
         quota, period = cpu_max.read_text().split()[:2]
-    except (OSError, ValueError):
+        if quota == "max":
+            return cores
+        return max(1, min(cores, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError, ZeroDivisionError):
         return cores
-    if quota == "max":
-        return cores
-    return max(1, min(cores, math.ceil(int(quota) / int(period))))

@@ -25,6 +25,9 @@ SHEET_LIMIT = 60  # thumbnails on a contact sheet
 # PNG text chunks of a contact sheet: the set version it shows and how many thumbnails.
 SHEET_VERSION, SHEET_SHOWN = "fashion-assets:set-version", "fashion-assets:shown"
 SHEET_COLUMNS = 10
+SHEET_THUMB = 96  # px
+# And how a sheet was drawn: a change to the drawing changes this, so no older sheet is reused.
+SHEET_LAYOUT, SHEET_DRAWING = "fashion-assets:layout", f"{SHEET_COLUMNS} columns of {SHEET_THUMB} px, captioned"
 GALLERY_LIMIT = 40
 GALLERY_COLUMNS = 8
 
@@ -40,15 +43,17 @@ class Sheet:
 def set_contact_sheet(store: ObjectStore, name: str, limit: int = SHEET_LIMIT, workers: int = 8,
                      version: str | None = None) -> Sheet | None:
     """Up to ``limit`` thumbnails of the set (lowest ids first), each captioned with its product
-    id, stored at ``layout.set_contact_sheet``; None for an empty set. With ``version`` (the set
-    version's digest, which the PNG records), a stored sheet of that version is reused, not
-    redrawn: a run that made no new version draws nothing."""
-    manifest = sorted(read_manifest(store, name).select(["id", "key"]).to_pylist(), key=lambda r: r["id"])
+    id, stored at ``layout.set_contact_sheet``; None for an empty set. With ``version`` (a set
+    version's digest), the sheet shows that version and records it; a stored sheet of the same
+    version, count and drawing is reused, not redrawn: a run that made no new version draws
+    nothing."""
+    manifest = sorted(read_manifest(store, name, version).select(["id", "key"]).to_pylist(), key=lambda r: r["id"])
     if not manifest:
         return None
     shown = manifest[:limit]
     key = layout.set_contact_sheet(name)
-    drawn_from = {SHEET_VERSION: version, SHEET_SHOWN: str(len(shown))} if version else None
+    drawn_from = ({SHEET_VERSION: version, SHEET_SHOWN: str(len(shown)), SHEET_LAYOUT: SHEET_DRAWING}
+                  if version else None)
     if drawn_from and store.exists(key):
         png = store.get_bytes(key)
         if all(png_text(png).get(k) == v for k, v in drawn_from.items()):
@@ -56,7 +61,7 @@ def set_contact_sheet(store: ObjectStore, name: str, limit: int = SHEET_LIMIT, w
     fetched = dict(bounded_map(lambda r: (r["id"], store.get_bytes(r["key"])), shown, workers))  # any order
     images = [(str(r["id"]), fetched[r["id"]]) for r in shown]
     rows = [images[i:i + SHEET_COLUMNS] for i in range(0, len(images), SHEET_COLUMNS)]
-    png = thumbnail_sheet(rows, thumb=96, chunks=drawn_from)
+    png = thumbnail_sheet(rows, thumb=SHEET_THUMB, chunks=drawn_from)
     store.put_bytes(key, png, "image/png")
     return Sheet(png, len(shown), len(manifest), store.uri(key))
 

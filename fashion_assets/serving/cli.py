@@ -19,7 +19,7 @@ once, with one line naming the option or the variable and the value.
 restarts one that dies): each loads the model and the near-duplicate index itself, gets an
 equal share of the cores for its TensorFlow and checker threads, and takes connections only
 once its model answers, so no request meets a process still loading (with none ready yet,
-connections wait in the socket's backlog: /healthz is not answered, the pod is not ready). One
+nothing listens on the port: /healthz is refused, the pod is not ready). One
 process is bound by Python's GIL (the HTTP handling, the checks' Python around Pillow) long
 before the model is; docs/speed.md has the figures.
 """
@@ -212,7 +212,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             uvicorn.run(_gateway(store, catalog_db, settings), **run)
             return 0
     os.environ[WORKER_SETTINGS] = json.dumps(settings)
-    uvicorn.run(f"{__name__}:worker_app", factory=True, workers=settings["workers"], **run)
+    # A worker answers its supervisor's health pings from its event loop: give it longer than the
+    # default 5 s while it imports TensorFlow beside its siblings on few cores.
+    uvicorn.run(f"{__name__}:worker_app", factory=True, workers=settings["workers"], timeout_worker_healthcheck=30,
+                **run)
     return 0
 
 

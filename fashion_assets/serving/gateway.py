@@ -31,6 +31,7 @@ import concurrent.futures
 import contextlib
 import logging
 import os
+import signal
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -185,6 +186,33 @@ class Gateway:
             self.failure = f"cannot load the model: {exc}"
             log.error(self.failure)
 
+    async def _ready_or_stopped(self, task: asyncio.Task) -> bool:
+        """Until ``start()`` is done (False) or stopped (True). A SIGTERM or SIGINT meanwhile
+        (uvicorn only notes them while its lifespan starts) cancels it and is handed on to
+        uvicorn's own handler, so a worker that waits for TF Serving or the database still stops
+        when told to."""
+        loop = asyncio.get_running_loop()
+        saved: dict[int, object] = {}
+
+        def stop(signum: int) -> None:
+            task.cancel()
+            if callable(handler := saved.get(signum)):
+                handler(signum, None)
+
+        try:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                saved[signum] = signal.getsignal(signum)
+                loop.add_signal_handler(signum, stop, signum)
+        except (RuntimeError, ValueError, NotImplementedError):  # not the main thread: no signals here
+            pass
+        try:
+            await asyncio.wait({task})
+        finally:
+            for signum, handler in saved.items():
+                loop.remove_signal_handler(signum)
+                signal.signal(signum, handler)
+        return task.cancelled()
+
     async def _until_it_answers(self, call, failure: str):
         """``await call()`` until it succeeds (a service that comes up after us), with
         ``failure (the exception's type)`` shown by /healthz meanwhile; backs off from 0.5 s to 10 s."""
@@ -229,9 +257,12 @@ class Gateway:
         self.client = httpx.AsyncClient(timeout=self.config.policy.timeout_s, follow_redirects=False,
                                         trust_env=False)
         task = asyncio.create_task(self.start())
-        if self.config.serve_when_ready:
-            await task  # start() keeps its failure for /healthz rather than raising
         try:
+            if self.config.serve_when_ready:
+                if not await self._ready_or_stopped(task) and self.failure is not None:
+                    # A worker that cannot serve exits (its supervisor starts another) rather than
+                    # answering 503s beside a sibling that answers 200s.
+                    raise RuntimeError(self.failure)
             yield
         finally:
             task.cancel()
