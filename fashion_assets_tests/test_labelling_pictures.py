@@ -13,7 +13,7 @@ from fashion_assets.classifier.evaluate import AXES_CAPTION, confusion_png, miss
 from fashion_assets.core.reporting import drawn
 from fashion_assets.catalog.images import png_text, thumbnail_sheet
 from fashion_assets.image_sets.versions import NoSuchVersion
-from fashion_assets.labelling.pictures import (SHEET_DRAWING, SHEET_LAYOUT, SHEET_SHOWN, SHEET_VERSION,
+from fashion_assets.labelling.pictures import (SHEET_DRAWING, SHEET_LAYOUT, SHEET_SHOWN, SHEET_TOTAL, SHEET_VERSION,
                                                disagreement_gallery, disagreements, set_contact_sheet)
 from fashion_assets.predictions.table import predictions as predictions_table
 
@@ -28,7 +28,26 @@ def test_image_set_shows_a_contact_sheet(image_set_all):
     assert metadata["contact_sheet"].startswith("9 of 9 images")
     with Image.open(io.BytesIO(png)) as sheet:  # one row of 9 thumbnails of 96 px, captioned
         assert sheet.size == (9 * 100 + 4, 96 + 4 + 14 + 4)
-        assert sheet.text == {SHEET_VERSION: metadata["version_digest"], SHEET_SHOWN: "9", SHEET_LAYOUT: SHEET_DRAWING}
+        assert sheet.text == {SHEET_VERSION: metadata["version_digest"], SHEET_SHOWN: "9", SHEET_TOTAL: "9",
+                              SHEET_LAYOUT: SHEET_DRAWING}
+
+
+class ReadsRecorded:
+    """A store that notes the keys read and the prefixes listed through it."""
+
+    def __init__(self, store):
+        self.store, self.read, self.listed = store, [], []
+
+    def get_bytes(self, key):
+        self.read.append(key)
+        return self.store.get_bytes(key)
+
+    def list(self, prefix):
+        self.listed.append(prefix)
+        return self.store.list(prefix)
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
 
 
 def test_contact_sheet_of_the_same_version_is_reused_not_redrawn(image_set_all):
@@ -36,13 +55,15 @@ def test_contact_sheet_of_the_same_version_is_reused_not_redrawn(image_set_all):
     version, another limit, another drawing or a stored object that is no PNG is drawn again."""
     backend, _, metadata = image_set_all
     store, digest, key = backend.store(), metadata["version_digest"], layout.set_contact_sheet("all")
-    recorded = {SHEET_VERSION: digest, SHEET_SHOWN: "9", SHEET_LAYOUT: SHEET_DRAWING}
+    recorded = {SHEET_VERSION: digest, SHEET_SHOWN: "9", SHEET_TOTAL: "9", SHEET_LAYOUT: SHEET_DRAWING}
     marker = thumbnail_sheet([[("marker", store.get_bytes(layout.set_image("all", 1)))]], chunks=recorded)
     assert png_text(marker) == recorded
     store.put_bytes(key, marker, "image/png")
-    reused = set_contact_sheet(store, "all", version=digest)
+    reading = ReadsRecorded(store)
+    reused = set_contact_sheet(reading, "all", version=digest)
     assert (reused.png, reused.shown, reused.total) == (marker, 9, 9)
     assert store.get_bytes(key) == marker
+    assert (reading.read, reading.listed) == ([key], [])  # the sheet only: no version listing, no manifest
 
     for stored in (thumbnail_sheet([[("x", store.get_bytes(layout.set_image("all", 1)))]],
                                    chunks={**recorded, SHEET_LAYOUT: "an older drawing"}),

@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from ..catalog.images import thumbnail_sheet, to_rgb
+from ..core.parallel import usable_cores
 
 DEFAULT_SPEC: list[dict] = [
     {"HorizontalFlip": {"p": 0.5}},
@@ -143,13 +144,14 @@ def augment_in_parallel(
     workers: int | None = None,
     chunk_size: int = 32,
 ) -> Iterator[tuple[int, list[bytes]]]:
-    """Augment ``(product_id, image bytes)`` jobs on ``workers`` processes (default: all cores).
+    """Augment ``(product_id, image bytes)`` jobs on ``workers`` processes (default: one per usable
+    core, ``core.parallel.usable_cores``: a pod's CPU limit counts, not the node's cores).
 
     Yields ``(product_id, [variant bytes...])`` as chunks finish; at most ``2 x workers`` chunks
     are in flight, so memory stays bounded however many images come in.
     """
     build_pipeline(spec)  # fail here, in the caller, on a bad spec
-    workers = workers or os.cpu_count() or 1
+    workers = workers or usable_cores()
     spec_json = json.dumps(normalize_spec(spec))
     # forkserver: workers start clean, not as forks of a process that runs threads (Dagster, TF).
     context = multiprocessing.get_context("forkserver")

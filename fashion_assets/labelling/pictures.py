@@ -22,8 +22,8 @@ from ..image_sets.export import read_manifest
 from ..predictions.table import predictions as predictions_table
 
 SHEET_LIMIT = 60  # thumbnails on a contact sheet
-# PNG text chunks of a contact sheet: the set version it shows and how many thumbnails.
-SHEET_VERSION, SHEET_SHOWN = "fashion-assets:set-version", "fashion-assets:shown"
+# PNG text chunks of a contact sheet: the set version it shows, how many thumbnails, of how many images.
+SHEET_VERSION, SHEET_SHOWN, SHEET_TOTAL = "fashion-assets:set-version", "fashion-assets:shown", "fashion-assets:total"
 SHEET_COLUMNS = 10
 SHEET_THUMB = 96  # px
 # And how a sheet was drawn: a change to the drawing changes this, so no older sheet is reused.
@@ -41,29 +41,32 @@ class Sheet:
 
 
 def set_contact_sheet(store: ObjectStore, name: str, limit: int = SHEET_LIMIT, workers: int = 8,
-                     version: str | None = None) -> Sheet | None:
+                      version: str | None = None) -> Sheet | None:
     """Up to ``limit`` thumbnails of the set (lowest ids first), each captioned with its product
     id, stored at ``layout.set_contact_sheet``; None for an empty set. With ``version`` (a set
-    version's digest), the sheet shows that version and records it; a stored sheet of the same
-    version, count and drawing is reused, not redrawn: a run that made no new version draws
-    nothing."""
-    manifest = sorted(read_manifest(store, name, version).select(["id", "key"]).to_pylist(), key=lambda r: r["id"])
-    if not manifest:
-        return None
-    shown = manifest[:limit]
+    version's digest), the sheet shows that version and records it, with its image count and
+    drawing; a stored sheet that records the same is reused as it is, before any manifest is
+    read: a run that made no new version reads one PNG and draws nothing."""
     key = layout.set_contact_sheet(name)
-    drawn_from = ({SHEET_VERSION: version, SHEET_SHOWN: str(len(shown)), SHEET_LAYOUT: SHEET_DRAWING}
-                  if version else None)
-    if drawn_from and store.exists(key):
+    if version and store.exists(key):
         png = store.get_bytes(key)
-        if all(png_text(png).get(k) == v for k, v in drawn_from.items()):
-            return Sheet(png, len(shown), len(manifest), store.uri(key))
+        recorded = png_text(png)
+        total = int(recorded[SHEET_TOTAL]) if recorded.get(SHEET_TOTAL, "").isdigit() else None
+        if (total and recorded.get(SHEET_VERSION) == version and recorded.get(SHEET_LAYOUT) == SHEET_DRAWING
+                and recorded.get(SHEET_SHOWN) == str(min(limit, total))):
+            return Sheet(png, min(limit, total), total, store.uri(key))
+    manifest = read_manifest(store, name, version).select(["id", "key"])
+    if not manifest.num_rows:
+        return None
+    shown = manifest.sort_by("id").slice(0, limit).to_pylist()  # sorted in Arrow: no row objects for the rest
     fetched = dict(bounded_map(lambda r: (r["id"], store.get_bytes(r["key"])), shown, workers))  # any order
     images = [(str(r["id"]), fetched[r["id"]]) for r in shown]
     rows = [images[i:i + SHEET_COLUMNS] for i in range(0, len(images), SHEET_COLUMNS)]
+    drawn_from = ({SHEET_VERSION: version, SHEET_SHOWN: str(len(shown)), SHEET_TOTAL: str(manifest.num_rows),
+                   SHEET_LAYOUT: SHEET_DRAWING} if version else None)
     png = thumbnail_sheet(rows, thumb=SHEET_THUMB, chunks=drawn_from)
     store.put_bytes(key, png, "image/png")
-    return Sheet(png, len(shown), len(manifest), store.uri(key))
+    return Sheet(png, len(shown), manifest.num_rows, store.uri(key))
 
 
 @dataclass
