@@ -125,6 +125,26 @@ async def load(base: str, datas: list[bytes], concurrency: int, total: int) -> t
     return total / wall, latencies
 
 
+def session_cpu_s(port: int) -> float:
+    """CPU seconds (user + system) used so far by the gateway on ``port``: its process and every
+    process of its session (``serve --workers`` starts its workers there), read from /proc."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    leader = None
+    stats = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            fields = (proc / "stat").read_text().rpartition(")")[2].split()
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        stats[int(proc.name)] = (int(fields[3]), (int(fields[11]) + int(fields[12])) / ticks)
+        if b"serve" in cmdline and b"--port" in cmdline and cmdline[cmdline.index(b"--port") + 1] == str(port).encode():
+            leader = int(proc.name)
+    return sum(cpu for session, cpu in stats.values() if session == leader)
+
+
 def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
 
@@ -164,13 +184,15 @@ def main():
     model.predict(x, batch_size=64, verbose=0)
     bare = len(x) / (time.perf_counter() - started)
     forward = artifacts.keras_predict(model)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     for _, images in batches(enumerate(datas), size, 64):
         forward(images)
     batch_path = len(datas) / (time.perf_counter() - started)
+    batch_cpu_ms = 1000 * (time.process_time() - cpu) / len(datas)
     print(f"{len(x):,} images at {size}px, {model.count_params():,} parameters, serving version {published.number}")
     print(f"  bare model.predict, preloaded tensor, batch 64      {bare:8.1f} images/s")
-    print(f"  batch path: decode+resize (tf.data) + predict, 64   {batch_path:8.1f} images/s")
+    print(f"  batch path: decode+resize (tf.data) + predict, 64   {batch_path:8.1f} images/s "
+          f"(CPU {batch_cpu_ms:.2f} ms an image)")
 
     photos = [(int(p.stem), d) for p, d in zip(paths, datas, strict=True)]
     catalog_url = catalog_database(work / "catalog.sqlite", photos, args.catalog_size)
@@ -180,15 +202,20 @@ def main():
            "TF_CPP_MIN_LOG_LEVEL": "2"}
     workers = ["--workers", str(args.workers)] if args.workers != 1 else []
     with gateway_process(env, work / "gateway.log", *workers, cwd=REPO) as base:
+        port = httpx.URL(base).port
         asyncio.run(load(base, datas, 8 * args.workers, 200 * args.workers))  # warm-up: every process
         answer = httpx.post(base + "/v1/predict", files={"image": ("x.jpg", datas[0])}).json()
         assert {"id": photos[0][0], "distance": 0} in answer["near_duplicates"], answer["near_duplicates"]
         print(f"gateway (embedded backend, --workers {args.workers}), one image per request:")
         for concurrency in (int(c) for c in args.concurrency.split(",")):
+            gateway_cpu, own_cpu = session_cpu_s(port), time.process_time()
             rate, latencies = asyncio.run(load(base, datas, concurrency, args.requests))
+            gateway_cpu, own_cpu = session_cpu_s(port) - gateway_cpu, time.process_time() - own_cpu
             p50, p99 = percentile(latencies, 50) * 1000, percentile(latencies, 99) * 1000
             print(f"  concurrency {concurrency:3d}: {rate:7.1f} requests/s   p50 {p50:6.1f} ms   p99 {p99:6.1f} ms   "
-                  f"{rate / bare:.2f}x bare model.predict, {rate / batch_path:.2f}x the batch path")
+                  f"{rate / bare:.2f}x bare model.predict, {rate / batch_path:.2f}x the batch path; CPU a request: "
+                  f"gateway {1000 * gateway_cpu / args.requests:.2f} ms, load generator "
+                  f"{1000 * own_cpu / args.requests:.2f} ms")
     print(f"load average after: {os.getloadavg()}")
 
 

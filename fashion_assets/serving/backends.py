@@ -7,8 +7,8 @@
   labels of.
 
 Both take ``uint8 [N, S, S, 3]`` (what ``Preprocessor`` makes, the same decoding as the
-``predictions`` asset) and give probabilities per head; ``ModelInfo.answers`` turns them into the
-answer the ``predictions`` table holds (calibrated, top 5, the auto flag).
+``predictions`` asset) and ``classify`` gives per image the answer the ``predictions`` table holds
+(``ModelInfo.answers`` of the model's probabilities: calibrated, top 5, the auto flag).
 
 Why this module is long: the decoding (``Preprocessor``), the batching (``MicroBatcher``) and
 both backends are the one contract of the gateway's stages (uint8 images in, probabilities per
@@ -225,15 +225,22 @@ class MicroBatcher:
 
 
 class EmbeddedBackend:
-    """The model in this process (``artifacts.LoadedModel``), micro-batched."""
+    """The model in this process (``artifacts.LoadedModel``), micro-batched: one call runs the
+    model on the batch and reads its answers (``ModelInfo.answers``, vectorised over the batch),
+    on the batcher's thread, so the event loop does no per-image numpy work."""
 
     name = "embedded"
 
     def __init__(self, model, info: ModelInfo, max_batch: int = 64, max_delay_s: float = 0.004):
         self.info = info
-        self.batcher = MicroBatcher(model.predict, max_batch, max_delay_s)
         self._predict = model.predict
+        self.batcher = MicroBatcher(self._answer_batch, max_batch, max_delay_s)
         self._predict(np.zeros((1, info.image_size, info.image_size, 3), np.uint8))  # trace before serving
+
+    def _answer_batch(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        answers = np.empty(len(images), object)
+        answers[:] = self.info.answers(self._predict(images))
+        return {"answers": answers}
 
     def expect(self) -> None:
         self.batcher.expect()
@@ -244,8 +251,9 @@ class EmbeddedBackend:
     async def check(self) -> None:
         """Ready as soon as it is built (the model is loaded and traced)."""
 
-    async def predict(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        return await self.batcher.submit(images)
+    async def classify(self, images: np.ndarray) -> list[dict]:
+        """``ModelInfo.answers`` of ``images``."""
+        return (await self.batcher.submit(images))["answers"].tolist()
 
     async def close(self) -> None:
         await self.batcher.close()
@@ -306,6 +314,10 @@ class TFServingBackend:
                 raise RuntimeError(f"TF Serving answered {head} with shape {probs.shape}, expected "
                                    f"{(len(images), len(self.info.heads[head]))}: a different model?")
         return out
+
+    async def classify(self, images: np.ndarray) -> list[dict]:
+        """``ModelInfo.answers`` of ``images`` (one TF Serving request)."""
+        return self.info.answers(await self.predict(images))
 
     async def check(self) -> None:
         """One prediction on a blank image: TF Serving is up and serves this version."""

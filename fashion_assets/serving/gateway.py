@@ -413,8 +413,9 @@ class Gateway:
         """Per image ``{"predictions": ..., "near_duplicates": ...}`` (the latter with a catalog).
 
         Three stages, each its own batch of concurrent requests' images: the check on the checker
-        threads, the model's decoding (``Preprocessor.batch``) on the decoder's thread, the model on
-        the backend's; while the model runs one batch, the next is checked and decoded."""
+        threads, the model's decoding (``Preprocessor.batch``) on the decoder's thread, the model
+        and the reading of its answers on the backend's; while the model runs one batch, the next
+        is checked and decoded."""
         loop = asyncio.get_running_loop()
         self.backend.expect()
         try:
@@ -429,9 +430,9 @@ class Gateway:
         for (what, _), ok in zip(items, decoded["ok"].tolist(), strict=True):
             if not ok:
                 raise InputError(422, f"{what}: truncated or corrupt image data")
-        probs = await self.backend.predict(decoded["images"])
+        answers = await self.backend.classify(decoded["images"])
         return [{"predictions": predictions} if n is None else {"predictions": predictions, "near_duplicates": n}
-                for predictions, n in zip(self.backend.info.answers(probs), near, strict=True)]
+                for predictions, n in zip(answers, near, strict=True)]
 
 
 def create_app(store: ObjectStore, config: GatewayConfig | None = None, backend=None,
