@@ -21,7 +21,7 @@ setup(
         "sqlglot>=27,<31",
         "dagster-k8s>=0.29,<0.30",
         "albumentations>=2.0,<2.1",
-        "scipy>=1.11,<2",  # the DCT of the perceptual hashes (near-duplicate groups of product photos)
+        "ImageHash>=4.3,<5",  # perceptual hashes: near-duplicate groups of product photos
         "numpy>=1.26",
         # The online gateway (fashion-assets serve): Starlette on uvicorn, uploads parsed by
         # python-multipart, URLs fetched with httpx, TF Serving reached over gRPC.
@@ -51,8 +51,6 @@ setup(
             # `dg check defs`, `dg list defs`, `dg launch`, `dg dev` (README, "The dg CLI")
             "dagster-dg-cli>=1.13,<1.14",
             "pytest>=8,<10",
-            # The reference the perceptual hash (catalog/duplicates.py) is tested against, bit for bit.
-            "ImageHash>=4.3,<5",
             "moto[server]>=5.1,<6",
             "kubernetes-validate>=1.30",
             "jsonschema>=4.20",

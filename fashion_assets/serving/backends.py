@@ -11,8 +11,9 @@ Both take ``uint8 [N, S, S, 3]`` (what ``Preprocessor`` makes, the same decoding
 (``ModelInfo.answers`` of the model's probabilities: calibrated, top 5, the auto flag).
 
 Why this module is long: the decoding (``Preprocessor``), the batching (``MicroBatcher``) and
-both backends are the one contract of the gateway's stages (uint8 images in, probabilities per
-head out, ``ModelInfo`` to read them); apart, each would restate the others' shapes.
+both backends are the one contract of the gateway's stages (uint8 images in, the answers
+``ModelInfo`` reads from the probabilities per head out); apart, each would restate the others'
+shapes.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -138,8 +139,8 @@ class BatchStats:
 
 class MicroBatcher:
     """Concurrent ``submit``s gathered into one ``call``: ``call`` takes the rows of
-    all of them (an array, concatenated) and gives a dict of arrays, one row per input row, which
-    each ``submit`` gets its own rows of. The gateway runs two, in a pipeline: one decodes a batch
+    all of them (an array, concatenated) and gives a dict of arrays or lists, one row per input
+    row, which each ``submit`` gets its own rows of. The gateway runs two, in a pipeline: one decodes a batch
     of image bytes while the other runs the model on the batch decoded before.
 
     A batch goes as soon as ``call`` is free and nobody else is about to submit (``expect``
@@ -149,7 +150,7 @@ class MicroBatcher:
     keeps accepting and decoding meanwhile.
     """
 
-    def __init__(self, call: Callable[[np.ndarray], dict[str, np.ndarray]], max_batch: int = 64,
+    def __init__(self, call: Callable[[np.ndarray], dict[str, Sequence]], max_batch: int = 64,
                  max_delay_s: float = 0.004, name: str = "predict"):
         self.call = call
         self.max_batch = max_batch
@@ -167,7 +168,7 @@ class MicroBatcher:
     def unexpect(self) -> None:
         self._expected = max(0, self._expected - 1)
 
-    async def submit(self, images: np.ndarray) -> dict[str, np.ndarray]:
+    async def submit(self, images: np.ndarray) -> dict[str, Sequence]:
         loop = asyncio.get_running_loop()
         if self._queue is None:
             self._queue = asyncio.Queue()
@@ -237,10 +238,8 @@ class EmbeddedBackend:
         self.batcher = MicroBatcher(self._answer_batch, max_batch, max_delay_s)
         self._predict(np.zeros((1, info.image_size, info.image_size, 3), np.uint8))  # trace before serving
 
-    def _answer_batch(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        answers = np.empty(len(images), object)
-        answers[:] = self.info.answers(self._predict(images))
-        return {"answers": answers}
+    def _answer_batch(self, images: np.ndarray) -> dict[str, list[dict]]:
+        return {"answers": self.info.answers(self._predict(images))}
 
     def expect(self) -> None:
         self.batcher.expect()
@@ -253,7 +252,7 @@ class EmbeddedBackend:
 
     async def classify(self, images: np.ndarray) -> list[dict]:
         """``ModelInfo.answers`` of ``images``."""
-        return (await self.batcher.submit(images))["answers"].tolist()
+        return (await self.batcher.submit(images))["answers"]
 
     async def close(self) -> None:
         await self.batcher.close()
