@@ -13,7 +13,8 @@ each through the CLI with the in-process executor (the local default) and with t
 executor (the default before), next to the bare work: the same plan, shard and commit functions
 called directly, without Dagster, and two floors: a Python start that imports the code location,
 and Dagster's own, the same CLI command on a one-asset code location whose asset returns None
-(what any Dagster project's run costs). Prints medians of ``--repeats`` runs, and the load.
+(what any Dagster project's run costs); and two ``fashion-assets`` commands (``--help``, ``query
+list``). Prints medians of ``--repeats`` runs, and the load.
 """
 
 from __future__ import annotations
@@ -120,6 +121,9 @@ def main() -> None:
     floor = [str(BIN / "dagster"), "asset", "materialize", "-f", str(work / "floor_defs.py"), "--select", "noop",
              "--partition", "a"]
     rows.append((FLOOR, [timed(floor, env) for _ in range(args.repeats)]))
+    for command in (["--help"], ["query", "list"]):
+        cli = [str(BIN / "fashion-assets"), *command]
+        rows.append((" ".join(["fashion-assets", *command]), [timed(cli, env) for _ in range(args.repeats)]))
     rows.append(("bare work, no-op set (98 images)", [bare_work("mens-footwear", env) for _ in range(args.repeats)]))
     rows.append(("bare work, 1-image set", [(store.delete(one_key), bare_work("one-image", env))[1]
                                             for _ in range(args.repeats)]))

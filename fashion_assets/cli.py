@@ -24,6 +24,7 @@ from . import layout
 from .classifier.labels import HEADS
 from .core import database
 from .core.leases import PartitionBusy
+from .core.startup import freeze_what_is_loaded
 from .image_sets.assets import image_queries
 from .image_sets.export import purge_image_set
 from .image_sets.registry import QueryNotFound, QueryRegistry, QueryUnreadable, check_name, not_utf8
@@ -33,6 +34,8 @@ from .labelling.cli import add_commands as add_labelling_commands
 from .labelling.queue import auto_coverage
 from .resources import ConfigurationError, resources_from_env
 from .serving.cli import add_commands as add_serving_commands
+
+freeze_what_is_loaded()  # what the imports above loaded lives as long as the command (core/startup.py)
 
 
 class CliError(Exception):

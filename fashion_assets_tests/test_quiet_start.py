@@ -1,5 +1,6 @@
 """TensorFlow is imported only where a step or command needs it, in one place
-(``core/tf_runtime.py``), and its start-up notices never reach the user's terminal. Real
+(``core/tf_runtime.py``), and its start-up notices never reach the user's terminal; what the code
+location, the CLI and TensorFlow load is left out of the collector (``core/startup.py``). Real
 processes: each case starts a fresh Python, the way a CLI call or a Dagster step does."""
 
 from __future__ import annotations
@@ -42,6 +43,29 @@ def test_an_s3_store_loads_dagster_aws_and_its_step_io_manager():
                     "print(type(r['store']).__name__, type(r['io_manager']).__name__, 'tensorflow' in sys.modules)",
                     FASHION_STORE_URL="s3://bucket/prefix")
     assert loaded.stdout == "S3StoreResource S3PickleIOManager False\n"
+
+
+# In a fresh Python: whether the loaded modules' namespaces are still among the collector's objects
+# (frozen ones are not), and whether a reference cycle made afterwards is still collected.
+FROZEN = """
+import gc, weakref
+{load}
+tracked = {{id(o) for o in gc.get_objects()}}
+class Cycle: pass
+cycle = Cycle(); cycle.me = cycle; freed = []; weakref.finalize(cycle, freed.append, "collected"); del cycle
+gc.collect()
+print([id(vars(m)) in tracked for m in modules], freed)
+"""
+
+
+def test_what_the_code_location_and_the_cli_load_is_frozen_and_later_cycles_are_still_collected():
+    load = "import dagster, fashion_assets.definitions as d, fashion_assets.cli as c; modules = [dagster, d, c]"
+    assert python(FROZEN.format(load=load)).stdout == "[False, False, False] ['collected']\n"
+
+
+def test_what_tensorflow_and_keras_load_is_frozen():
+    load = "from fashion_assets.core import tf_runtime; modules = [tf_runtime.tensorflow(), tf_runtime.keras()]"
+    assert python(FROZEN.format(load=load)).stdout == "[False, False] ['collected']\n"
 
 
 def test_the_first_import_prints_nothing_without_a_log_level_set():

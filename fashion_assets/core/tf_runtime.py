@@ -25,6 +25,8 @@ import sys
 import tempfile
 import threading
 
+from .startup import freeze_what_is_loaded
+
 # What TensorFlow prints at start-up that no user acts on.
 STARTUP_NOTICE = re.compile(
     r"^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
@@ -44,16 +46,20 @@ def tensorflow():
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         if os.environ["TF_CPP_MIN_LOG_LEVEL"] in ("0", "1"):
             import tensorflow as tf
-
-            return tf
-        return _import_quietly()
+        else:
+            tf = _import_quietly()
+        freeze_what_is_loaded()  # ~325,000 objects with TensorFlow: a 0.6 s exit becomes 0.06 s (startup.py)
+        return tf
 
 
 def keras():
     """The ``keras`` module (Keras 3 on TensorFlow), after ``tensorflow()``."""
     tensorflow()
+    first = "keras" not in sys.modules
     import keras as module
 
+    if first:
+        freeze_what_is_loaded()
     return module
 
 
