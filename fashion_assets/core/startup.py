@@ -8,7 +8,7 @@ traverses every one of them in each full collection, and the interpreter's shutd
 tears them down again. Measured on 2 cores (bench/overhead.py, issue 21): a no-op one-partition
 CLI run spent ~0.3 s in full collections and ~0.45 s in shutdown (2.45 s in all; Dagster's own
 floor, one no-op asset, spends ~0.39 s in shutdown); a process that imports TensorFlow exits in
-0.56-0.65 s. With what was loaded frozen: 1.94 s, and 0.06 s to exit after TensorFlow.
+0.56-0.65 s. With what was loaded frozen: 1.79-1.94 s, and 0.06 s to exit after TensorFlow.
 
 ``gc.freeze()`` moves every object the collector tracks into a permanent generation that no later
 collection visits. Objects made afterwards are collected as always, and a frozen object is still
