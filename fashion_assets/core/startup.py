@@ -25,6 +25,6 @@ import gc
 
 def freeze_what_is_loaded() -> None:
     """Leave every object that exists now out of all later collections (see the module's doc).
-    Called after a big import: the code location's (before and after ours), the CLI's, and
-    TensorFlow's and Keras's first import (``tf_runtime``). Cheap: the collector splices its lists."""
+    Called after a big import: the code location's, the CLI's, and TensorFlow's first import
+    (``tf_runtime``; it loads Keras too). Cheap: the collector splices its lists."""
     gc.freeze()
