@@ -1,5 +1,7 @@
 """Shared set-up for the benchmarks: a local catalog of the shared dataset and one image set."""
 
+import json
+import os
 import statistics
 import sys
 import tempfile
@@ -46,10 +48,24 @@ def ratios(asset: list[float], baseline: list[float]) -> str:
     """Asset / baseline: the median of the rates' ratio, repeat by repeat (each pair back to back),
     and the ratio of the bests. On a shared 2-core machine a loop's rate moves by up to 2x from one
     minute to the next; the pairwise median is what to read."""
-    pairwise = statistics.median(a / b for a, b in zip(asset, baseline, strict=True))
-    return f"{pairwise:.2f}x (best/best {max(asset) / max(baseline):.2f}x)"
+    return f"{pairwise(asset, baseline):.2f}x (best/best {max(asset) / max(baseline):.2f}x)"
 
 
 def metadata(result) -> dict:
     [event] = result.get_asset_materialization_events()
     return {k: v.value for k, v in event.materialization.metadata.items()}
+
+
+def add_json_argument(parser) -> None:
+    parser.add_argument("--json", metavar="PATH", help="also write the figures there (bench/table.py reads them)")
+
+
+def write_figures(path: str | None, figures: dict) -> None:
+    """``figures`` and the load average as JSON at ``path`` (nothing without one)."""
+    if path:
+        Path(path).write_text(json.dumps({**figures, "load": list(os.getloadavg()), "cores": os.cpu_count()}))
+
+
+def pairwise(asset: list[float], baseline: list[float]) -> float:
+    """The median of asset / baseline, repeat by repeat (see ``ratios``)."""
+    return statistics.median(a / b for a, b in zip(asset, baseline, strict=True))

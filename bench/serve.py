@@ -33,7 +33,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from common import DEFAULT_DATASET, REPO
+from common import DEFAULT_DATASET, REPO, add_json_argument, write_figures
 
 from fashion_assets import layout
 from fashion_assets.catalog.images import check_image, inspect_image
@@ -164,6 +164,7 @@ def main():
                         help="serve --workers: gateway processes on one port, each with its model and index")
     parser.add_argument("--catalog-size", type=int, default=44_445,
                         help="rows of the gateway's product_images (the photos, then random hashes)")
+    add_json_argument(parser)
     args = parser.parse_args()
 
     folder = Path(args.dataset) / "images"
@@ -219,6 +220,7 @@ def main():
         answer = httpx.post(base + "/v1/predict", files={"image": ("x.jpg", datas[0])}).json()
         assert {"id": photos[0][0], "distance": 0} in answer["near_duplicates"], answer["near_duplicates"]
         print(f"gateway (embedded backend, --workers {args.workers}), one image per request:")
+        levels = {}
         for concurrency in (int(c) for c in args.concurrency.split(",")):
             gateway_cpu, own_cpu = session_cpu_s(port), time.process_time()
             rate, latencies = asyncio.run(load(base, datas, concurrency, args.requests))
@@ -228,7 +230,13 @@ def main():
                   f"{rate / bare:.2f}x bare model.predict, {rate / batch_path:.2f}x the batch path; CPU a request: "
                   f"gateway {1000 * gateway_cpu / args.requests:.2f} ms, load generator "
                   f"{1000 * own_cpu / args.requests:.2f} ms")
+            levels[str(concurrency)] = {"rate": rate, "p50_ms": p50, "p99_ms": p99, "vs_bare": rate / bare,
+                                        "vs_batch_path": rate / batch_path,
+                                        "gateway_cpu_ms": 1000 * gateway_cpu / args.requests}
     print(f"load average after: {os.getloadavg()}")
+    write_figures(args.json, {"workers": args.workers, "bare": bare, "batch_path": batch_path,
+                              "batch_cpu_ms": batch_cpu_ms, "check_cpu_ms": check_cpu_ms, "check_bound": ceiling,
+                              "concurrency": levels})
 
 
 if __name__ == "__main__":
