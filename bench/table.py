@@ -84,14 +84,14 @@ def main() -> None:
     extra = {"overhead": ["--repeats", str(args.repeats)], "augment": ["--repeats", str(args.repeats)],
              "predict": ["--repeats", str(args.repeats)],
              "serve": ["--requests", str(args.requests), "--concurrency", "1,32", "--workers", str(args.workers)]}
-    load = os.getloadavg()
+    load, began = os.getloadavg(), time.strftime("%Y-%m-%d %H:%M")
     figures = {}
     with tempfile.TemporaryDirectory(prefix="fashion-bench-table-") as tmp:
         for name in (b for b in BENCHES if b in chosen):
             figures[name] = run_bench(name, extra[name], Path(tmp) / f"{name}.json")
 
     print(f"\n{os.cpu_count()} cores; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} before, "
-          f"{time.strftime('%Y-%m-%d %H:%M')}; "
+          f"started {began}; "
           + ", ".join(f"{name} {f['seconds']:.0f} s" for name, f in figures.items()) + "\n")
     print("| stage | compared with | goal | measured | met | load (1 min) |")
     print("|---|---|---|---|---|---|")
